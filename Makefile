@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make demo` (the main job on built-in data) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+# CPU build of PyTorch by default; a GPU user picks another, e.g. make TORCH_SPEC='torch==2.13.0' PIP_TORCH_ARGS='--index-url ...'
+TORCH_SPEC ?= torch==2.13.0
+PIP_TORCH_ARGS ?=
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test test-all bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q $(PIP_TORCH_ARGS) '$(TORCH_SPEC)'
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/vlmkit demo --out demo
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-all: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m ''
+
+clean:
+	rm -rf $(VENV) demo runs
