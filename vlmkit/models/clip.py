@@ -1,0 +1,217 @@
+"""Contrastive image-text models: CLIP (InfoNCE), SigLIP (sigmoid loss) and LiT (one tower locked).
+
+A ``ContrastiveModel`` is a vision tower and a text tower, each followed by a projection into a shared
+embedding space, plus a learnable log-temperature (and, for SigLIP, a bias).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlmkit import losses
+from vlmkit.models.pretrained import PretrainedMixin
+from vlmkit.modules import ProjectionHead, TextConfig, TextTransformer, VisionConfig, VisionTransformer
+
+LOSSES = {"clip": "infonce", "siglip": "sigmoid"}
+
+
+@dataclass
+class PreprocessConfig:
+    """How the model's own ``encode_image`` turns PIL images into tensors."""
+
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    resize_mode: str = "shortest"
+    interpolation: str = "bicubic"
+
+
+@dataclass
+class ContrastiveConfig:
+    architecture: str = "clip"  # clip | siglip
+    embed_dim: int = 256
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    projection: str = "linear"  # linear | mlp | none
+    init_logit_scale: float | None = None  # log temperature; default ln(1/0.07) for clip, ln 10 for siglip
+    init_logit_bias: float | None = None  # siglip only; default -10
+    max_logit_scale: float = math.log(100.0)
+    freeze: str = "none"  # none | vision | text  (LiT locks one tower and its projection)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+    def __post_init__(self) -> None:
+        if self.architecture not in LOSSES:
+            raise ValueError(f"contrastive architecture must be clip or siglip, not {self.architecture!r}")
+        if self.freeze not in ("none", "vision", "text"):
+            raise ValueError(f"freeze must be none, vision or text, not {self.freeze!r}")
+        if self.init_logit_scale is None:
+            self.init_logit_scale = math.log(1 / 0.07) if self.architecture == "clip" else math.log(10.0)
+        if self.init_logit_bias is None and self.architecture == "siglip":
+            self.init_logit_bias = -10.0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ContrastiveConfig":
+        data = dict(data)
+        data.pop("vlmkit_version", None)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; known: {sorted(known)}")
+        nested = {"vision": VisionConfig, "text": TextConfig, "preprocess": PreprocessConfig}
+        for name, sub in nested.items():
+            if isinstance(data.get(name), dict):
+                sub_known = {f.name for f in fields(sub)}
+                bad = sorted(set(data[name]) - sub_known)
+                if bad:
+                    raise ValueError(f"unknown model.{name} keys {bad}; known: {sorted(sub_known)}")
+                values = dict(data[name])
+                for key in ("mean", "std"):
+                    if key in values:
+                        values[key] = tuple(values[key])
+                data[name] = sub(**values)
+        return cls(**data)
+
+
+class ContrastiveModel(nn.Module, PretrainedMixin):
+    """CLIP / SigLIP. Capabilities: ``encode_image``, ``encode_text``, ``score``, ``loss``."""
+
+    def __init__(self, config: ContrastiveConfig, tokenizer: Any = None) -> None:
+        super().__init__()
+        self.config = config
+        self.architecture = config.architecture
+        self.visual = VisionTransformer(config.vision)
+        self.text = TextTransformer(config.text)
+        self.visual_projection = ProjectionHead(config.vision.width, config.embed_dim, config.projection)
+        self.text_projection = ProjectionHead(config.text.width, config.embed_dim, config.projection)
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
+        self.logit_bias = (nn.Parameter(torch.tensor(float(config.init_logit_bias)))
+                           if config.architecture == "siglip" else None)
+        self.tokenizer = tokenizer
+        self.apply_freeze()
+
+    # construction -------------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | ContrastiveConfig, tokenizer: Any = None) -> "ContrastiveModel":
+        if isinstance(config, dict):
+            config = ContrastiveConfig.from_dict(config)
+        return cls(config, tokenizer=tokenizer)
+
+    def config_dict(self) -> dict[str, Any]:
+        data = asdict(self.config)
+        data.pop("architecture")
+        return data
+
+    def apply_freeze(self) -> None:
+        """LiT: lock one tower (and its projection) so only the other learns."""
+        locked = {"vision": (self.visual, self.visual_projection),
+                  "text": (self.text, self.text_projection)}.get(self.config.freeze, ())
+        for module in locked:
+            module.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "ContrastiveModel":
+        super().train(mode)
+        if self.config.freeze == "vision":
+            self.visual.eval()
+        elif self.config.freeze == "text":
+            self.text.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.logit_scale.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.visual.positional_embedding.dtype
+
+    @property
+    def image_transform(self) -> Any:
+        from vlmkit.data.transforms import ImageTransform
+
+        pre = self.config.preprocess
+        return ImageTransform(image_size=self.config.vision.image_size, mean=tuple(pre.mean), std=tuple(pre.std),
+                              train=False, interpolation=pre.interpolation, resize_mode=pre.resize_mode)
+
+    # capabilities ---------------------------------------------------------------------------------------
+    def preprocess(self, images: Sequence[Any]) -> torch.Tensor:
+        """PIL images -> [B, 3, S, S] with the model's own eval transform."""
+        transform = self.image_transform
+        return torch.stack([transform(image.convert("RGB")) for image in images])
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Strings -> (input_ids [B, L], attention_mask [B, L]) with the model's own tokenizer."""
+        if self.tokenizer is None:
+            raise RuntimeError("this model has no tokenizer attached; pass token ids or load a saved model")
+        return self.tokenizer.encode(list(texts), self.config.text.context_length)
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] -> normalised [B, D] (differentiable)."""
+        return F.normalize(self.visual_projection(self.visual(images)), dim=-1)
+
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, L] -> normalised [B, D] (differentiable)."""
+        return F.normalize(self.text_projection(self.text(input_ids, attention_mask)), dim=-1)
+
+    def encode_image(self, images: Any) -> torch.Tensor:
+        """PIL image(s) or a preprocessed tensor [B, 3, S, S] -> L2-normalised float32 embeddings [B, D]."""
+        if not isinstance(images, torch.Tensor):
+            images = self.preprocess(images if isinstance(images, (list, tuple)) else [images])
+        if images.dim() == 3:
+            images = images.unsqueeze(0)
+        return self.image_features(images.to(self.device, self.dtype)).float()
+
+    def encode_text(self, texts: Any, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """String(s) or token ids [B, L] (+ mask) -> L2-normalised float32 embeddings [B, D]."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, torch.Tensor):
+            texts, attention_mask = self.tokenize(texts)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(texts, dtype=torch.bool)
+        return self.text_features(texts.to(self.device), attention_mask.to(self.device)).float()
+
+    @torch.no_grad()
+    def score(self, images: Any, texts: Any) -> torch.Tensor:
+        """Cosine similarity of every image with every text: [N_images, N_texts]."""
+        return self.encode_image(images) @ self.encode_text(texts).t()
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Training forward: normalised ``image_embeddings`` and ``text_embeddings`` [B, D]."""
+        return {"image_embeddings": self.image_features(images),
+                "text_embeddings": self.text_features(input_ids, attention_mask)}
+
+    def loss_from_features(self, features: dict[str, torch.Tensor], *,
+                           temperature_grad: bool = True) -> dict[str, torch.Tensor]:
+        """The contrastive loss of a batch of features (gathered across processes under torchrun).
+
+        ``temperature_grad=False`` detaches the temperature and bias (used by gradient accumulation so that
+        they receive their gradient once per step, not once per micro-batch).
+        """
+        scale = self.logit_scale if temperature_grad else self.logit_scale.detach()
+        image, text = features["image_embeddings"], features["text_embeddings"]
+        if self.logit_bias is None:
+            loss = losses.infonce_loss(image, text, scale)
+        else:
+            bias = self.logit_bias if temperature_grad else self.logit_bias.detach()
+            loss = losses.sigmoid_loss(image, text, scale, bias)
+        out = {"loss": loss, "logit_scale": self.logit_scale.detach().exp()}
+        if self.logit_bias is not None:
+            out["logit_bias"] = self.logit_bias.detach()
+        return out
+
+    def loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``batch`` has ``images`` [B, 3, S, S], ``input_ids`` [B, L], ``attention_mask`` [B, L]."""
+        features = self(batch["images"].to(self.device, self.dtype), batch["input_ids"].to(self.device),
+                        batch.get("attention_mask").to(self.device) if batch.get("attention_mask") is not None
+                        else None)
+        return self.loss_from_features(features)
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """Clamp the log temperature to [0, ln 100] (open_clip semantics)."""
+        self.logit_scale.clamp_(0.0, self.config.max_logit_scale)
