@@ -1,0 +1,82 @@
+"""Benchmark result records in CLIP_benchmark's JSON shape, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+_STANDARD_KEYS = ("dataset", "model", "pretrained", "task", "metrics", "language")
+
+
+def benchmark_record(
+    task: str,
+    model: str,
+    dataset: str,
+    metrics: dict,
+    *,
+    pretrained: str | None = None,
+    language: str = "en",
+    extra: dict | None = None,
+) -> dict:
+    """Build one result record.
+
+    Returns ``{"dataset", "model", "pretrained", "task", "metrics", "language"}`` as
+    CLIP_benchmark writes it, plus the keys of ``extra`` (e.g. plot paths) at the top level.
+    Metric values that are tensors or numpy scalars become plain Python numbers.
+    """
+    record: dict[str, Any] = {
+        "dataset": dataset,
+        "model": model,
+        "pretrained": pretrained,
+        "task": task,
+        "metrics": {str(name): _to_jsonable(value) for name, value in metrics.items()},
+        "language": language,
+    }
+    if extra:
+        clashing = sorted(set(extra) & set(_STANDARD_KEYS))
+        if clashing:
+            # Silently overwriting e.g. "metrics" would produce a record that lies about its results.
+            raise ValueError(f"extra keys clash with standard record keys: {clashing}")
+        record.update({key: _to_jsonable(value) for key, value in extra.items()})
+    return record
+
+
+def _to_jsonable(value: Any) -> Any:
+    """Turn tensors / numpy values / paths into JSON types; leave everything else as is."""
+    if isinstance(value, dict):
+        return {str(k): _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_jsonable(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    # Duck-typed so this module doesn't import torch or numpy: both have .tolist() on arrays/scalars.
+    if hasattr(value, "tolist") and callable(value.tolist) and not isinstance(value, (str, bytes)):
+        return value.tolist()
+    return value
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> str:
+    """Write ``obj`` as indented JSON with a trailing newline, atomically.
+
+    The text goes to a uniquely named temporary file in the same folder (so ``os.replace`` is a
+    same-filesystem rename), which then replaces ``path``: readers see the old file or the new
+    one, never a partial write. Parent folders are created. Returns ``path`` as a string.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_to_jsonable(obj), indent=2) + "\n"
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        # Mode "x" creates a fresh file with the normal umask permissions (mkstemp would force 0600).
+        with open(temporary, "x", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return str(target)
