@@ -60,36 +60,49 @@ def destroy() -> None:
         dist.destroy_process_group()
 
 
+def gather_sizes(local_size: int, device: torch.device | str = "cpu") -> list[int]:
+    """Every rank's batch size (batches may differ when bad samples were skipped)."""
+    if world_size() == 1:
+        return [local_size]
+    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([local_size], dtype=torch.int64, device=device))
+    return [int(size.item()) for size in sizes]
+
+
 class _GatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward sums every rank's gradient for this rank's slice.
-
-    Backward uses all_reduce (supported by every backend, gloo included) instead of reduce_scatter.
-    """
+    """all_gather of [B_r, ...] tensors (B_r may differ by rank) whose backward sums every rank's gradient
+    for this rank's slice. Backward uses all_reduce, which every backend (gloo included) supports."""
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        ctx.batch = tensor.shape[0]
+    def forward(ctx, tensor: torch.Tensor, sizes: list[int]) -> torch.Tensor:  # type: ignore[override]
+        ctx.sizes = sizes
         ctx.rank = dist.get_rank()
-        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, tensor.contiguous())
-        return torch.cat(parts, dim=0)
+        longest = max(sizes)
+        padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+        padded[: tensor.shape[0]] = tensor
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded.contiguous())
+        return torch.cat([part[:size] for part, size in zip(parts, sizes)], dim=0)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         grad = grad.contiguous()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        start = ctx.rank * ctx.batch
-        return grad[start : start + ctx.batch]
+        start = sum(ctx.sizes[: ctx.rank])
+        return grad[start : start + ctx.sizes[ctx.rank]], None
 
 
-def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``tensor`` [B, ...] from all ranks into [B * world, ...], keeping gradients.
+def gather_with_grad(tensor: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
+    """Concatenate ``tensor`` [B_r, ...] from all ranks in rank order into [sum B_r, ...], keeping gradients.
 
-    Every rank must pass the same B. At world size 1 this returns ``tensor`` unchanged.
+    ``sizes`` (from :func:`gather_sizes`) saves a collective when the caller already knows them.
+    At world size 1 this returns ``tensor`` unchanged.
     """
     if world_size() == 1:
         return tensor
-    return _GatherWithGrad.apply(tensor)
+    if sizes is None:
+        sizes = gather_sizes(tensor.shape[0], tensor.device)
+    return _GatherWithGrad.apply(tensor, sizes)
 
 
 def all_reduce_mean(value: float, device: torch.device | str = "cpu") -> float:

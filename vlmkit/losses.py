@@ -25,12 +25,13 @@ def infonce_loss(
         scalar: ½ [CE(image→text) + CE(text→image)] over this rank's rows.
     """
     batch = image_embeddings.shape[0]
-    all_images = distributed.gather_with_grad(image_embeddings)
-    all_texts = distributed.gather_with_grad(text_embeddings)
+    sizes = distributed.gather_sizes(batch, image_embeddings.device)
+    all_images = distributed.gather_with_grad(image_embeddings, sizes)
+    all_texts = distributed.gather_with_grad(text_embeddings, sizes)
     scale = logit_scale.exp()
     logits_per_image = scale * image_embeddings.float() @ all_texts.float().t()  # [B, B*W]
     logits_per_text = scale * text_embeddings.float() @ all_images.float().t()  # [B, B*W]
-    labels = torch.arange(batch, device=image_embeddings.device) + distributed.rank() * batch
+    labels = torch.arange(batch, device=image_embeddings.device) + sum(sizes[: distributed.rank()])
     return 0.5 * (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels))
 
 
@@ -49,11 +50,12 @@ def sigmoid_loss(
         image_embeddings: [B, D]; text_embeddings: [B, D]; logit_scale: scalar log temperature; logit_bias: scalar.
     """
     batch = image_embeddings.shape[0]
-    all_texts = distributed.gather_with_grad(text_embeddings)
+    sizes = distributed.gather_sizes(batch, image_embeddings.device)
+    all_texts = distributed.gather_with_grad(text_embeddings, sizes)
     logits = logit_scale.exp() * image_embeddings.float() @ all_texts.float().t() + logit_bias.float()
     # signs: +1 on this rank's diagonal block, -1 elsewhere, built without a dense label matrix in Python loops.
     signs = -torch.ones_like(logits)
-    offset = distributed.rank() * batch
+    offset = sum(sizes[: distributed.rank()])
     index = torch.arange(batch, device=logits.device)
     signs[index, index + offset] = 1.0
     return -F.logsigmoid(signs * logits).sum() / batch

@@ -1,0 +1,307 @@
+"""The training loop: warmup + cosine AdamW, accumulation, clipping, precision, budgets, checkpoints, resume."""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from vlmkit import distributed
+from vlmkit.config import dump_config
+from vlmkit.data.sampler import EpochIndexed, ResumableBatchSampler
+from vlmkit.models.pretrained import atomic_write_text
+from vlmkit.train import checkpoint as ckpt
+from vlmkit.train.optim import build_optimizer, learning_rate, set_learning_rate, warmup_steps
+from vlmkit.train.setup import (autocast, build_training_model, data_workers, load_training_samples,
+                                prepare_tokenizer, setup_runtime)
+from vlmkit.train.validate import Validator
+
+CALIBRATION_STEPS = 12  # steps timed to fit the schedule to a time budget
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model_dir: Path
+    steps: int
+    seconds: float
+    samples_per_s: float
+    final_loss: float
+    bad_samples: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, float] = field(default_factory=dict)
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM ask the loop to checkpoint and stop at the end of the current step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:  # a second signal stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data: str | Path | None = None,
+          resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train ``config`` (a merged recipe, see ``vlmkit.config.load_config``) on ``data``; write the run to ``out``.
+
+    With ``resume`` the run continues from ``out``'s latest checkpoint with the same data order and RNG state.
+    """
+    run_dir = Path(out)
+    tcfg, dcfg = config["train"], config["data"]
+    runtime = setup_runtime(tcfg)
+    main = distributed.is_main_process()
+    latest = ckpt.latest_checkpoint(run_dir) if resume else None
+    if not resume and ckpt.latest_checkpoint(run_dir) is not None:
+        raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume or choose another --out")
+    if resume and latest is None and main:
+        print(f"vlmkit: no checkpoint in {run_dir} yet; starting from step 0")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    samples = load_training_samples(data, dcfg)
+    tokenizer = prepare_tokenizer(config, samples, run_dir)
+    seed = int(tcfg["seed"])
+    model = build_training_model(config, tokenizer, seed)
+    if tcfg["precision"] == "bf16":
+        model.to(torch.bfloat16)
+    model.to(runtime.device)
+    optimizer = build_optimizer(model, tcfg)
+
+    from vlmkit.data import Collator, ImageTextDataset, ImageTransform
+
+    vision = config["model"].get("vision", {})
+    pre = model.config.preprocess
+    transform = ImageTransform(image_size=model.config.vision.image_size, mean=tuple(pre.mean), std=tuple(pre.std),
+                               train=bool(dcfg["augment"]), crop_scale=tuple(dcfg["crop_scale"]),
+                               interpolation=pre.interpolation, resize_mode=pre.resize_mode)
+    del vision
+    dataset = ImageTextDataset(samples, transform, seed=seed, on_bad_sample=dcfg["on_bad_sample"],
+                               max_pixels=int(dcfg["max_pixels"]))
+
+    state: dict[str, Any] = {"step": 0, "total_steps": tcfg["steps"], "elapsed_s": 0.0, "samples_seen": 0}
+    if latest is not None:
+        state = ckpt.load_checkpoint(latest, model, optimizer)
+        if tcfg["steps"] is not None and int(tcfg["steps"]) != state.get("total_steps"):
+            state["total_steps"] = int(tcfg["steps"])  # an explicit --set train.steps extends or shortens
+    if main:
+        atomic_write_text(run_dir / "config.yaml", dump_config(config))
+        _trim_metrics(run_dir / "metrics.jsonl", int(state["step"]))
+
+    start_step = int(state["step"])
+    total_steps = state.get("total_steps")
+    if total_steps is None and not tcfg.get("minutes"):
+        raise ValueError("give train.steps or train.minutes (a time budget)")
+    warmup = warmup_steps(tcfg, total_steps)
+    budget_s = float(tcfg["minutes"]) * 60.0 if tcfg.get("minutes") else None
+
+    sampler = ResumableBatchSampler(len(dataset), int(tcfg["batch_size"]), seed=seed, rank=runtime.rank,
+                                    world_size=runtime.world_size, start_step=start_step)
+    workers = data_workers(dcfg)
+    loader = torch.utils.data.DataLoader(
+        EpochIndexed(dataset), batch_sampler=sampler, num_workers=workers,
+        collate_fn=Collator(tokenizer, model.config.text.context_length),
+        pin_memory=runtime.device.type == "cuda", persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None)
+    trained = DistributedDataParallel(model) if runtime.world_size > 1 else model
+    validator = Validator(val_data, dcfg, model, runtime.device, tcfg["precision"]) if val_data and main else None
+
+    from vlmkit.data import BadSampleReport
+
+    bad = BadSampleReport()
+    if state.get("bad_samples"):
+        bad = BadSampleReport.from_dict(state["bad_samples"]) if hasattr(BadSampleReport, "from_dict") else bad
+    accum = max(1, int(tcfg["grad_accum"]))
+    clip = float(tcfg["grad_clip"] or 0.0)
+    log_every, ckpt_every = max(1, int(tcfg["log_every"])), int(tcfg["checkpoint_every"] or 0)
+    eval_every = int(tcfg["eval_every"] or 0)
+    bar = _progress_bar(main and progress, start_step, total_steps)
+    step, window_loss, window_samples, window_start = start_step, [], 0, time.perf_counter()
+    run_start, elapsed_before = time.perf_counter(), float(state.get("elapsed_s", 0.0))
+    last_loss, validation = math.nan, {}
+
+    trained.train()
+    with _StopFlag() as stop:
+        for batch in loader:
+            if total_steps is not None and step >= total_steps:
+                break
+            bad.update_from_batch(batch)
+            if batch["images"] is None or len(batch["images"]) == 0:
+                raise RuntimeError(f"every sample of step {step}'s batch was bad: {bad.summary()}")
+            lr = learning_rate(step, total_steps or 10**9, float(tcfg["lr"]), warmup, float(tcfg["min_lr"]))
+            set_learning_rate(optimizer, lr)
+            loss_value, logs = _optimizer_step(trained, model, optimizer, batch, accum, clip, tcfg["precision"],
+                                               runtime.device)
+            step += 1
+            last_loss = loss_value
+            window_loss.append(loss_value)
+            window_samples += len(batch["images"]) * runtime.world_size
+            state["samples_seen"] = int(state.get("samples_seen", 0)) + len(batch["images"]) * runtime.world_size
+
+            if total_steps is None and step == CALIBRATION_STEPS + 2:
+                total_steps = _fit_steps_to_budget(step, time.perf_counter() - run_start, budget_s, runtime)
+                state["total_steps"] = total_steps
+                if bar is not None:
+                    bar.total = total_steps
+                    bar.refresh()
+            elapsed = elapsed_before + time.perf_counter() - run_start
+            if step % log_every == 0 or step == total_steps:
+                seconds = time.perf_counter() - window_start
+                record = {"step": step, "loss": distributed.all_reduce_mean(sum(window_loss) / len(window_loss)),
+                          "lr": lr, "samples_per_s": window_samples / max(seconds, 1e-9),
+                          "elapsed_s": round(elapsed, 2), **logs}
+                if main:
+                    _append_metrics(run_dir / "metrics.jsonl", record)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", samples_s=f"{record['samples_per_s']:.0f}")
+                window_loss, window_samples, window_start = [], 0, time.perf_counter()
+            if bar is not None:
+                bar.update(1)
+
+            out_of_time = budget_s is not None and elapsed >= budget_s
+            finished = (total_steps is not None and step >= total_steps) or out_of_time or stop.requested
+            if validator is not None and eval_every and step % eval_every == 0 and not finished:
+                validation = validator.run(step, run_dir)
+            if (ckpt_every and step % ckpt_every == 0) or finished:
+                state.update(elapsed_s=elapsed, bad_samples=bad.as_dict(), total_steps=total_steps)
+                _save(run_dir, step, model, optimizer, state, main)
+            if finished:
+                break
+    if bar is not None:
+        bar.close()
+    seconds = elapsed_before + time.perf_counter() - run_start
+    if validator is not None:
+        validation = validator.run(step, run_dir)
+    model_dir = run_dir / "model"
+    if main:
+        model.save_pretrained(model_dir)
+        _plot(run_dir)
+        summary = {"steps": step, "total_steps": total_steps, "seconds": round(seconds, 2),
+                   "samples_seen": state.get("samples_seen", 0), "final_loss": last_loss,
+                   "bad_samples": bad.as_dict(), "validation": validation, "stopped_early": stop.requested}
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        if bad:
+            print(f"vlmkit: {bad.summary()}")
+    distributed.barrier()
+    return TrainResult(run_dir=run_dir, model_dir=model_dir, steps=step, seconds=seconds,
+                       samples_per_s=state.get("samples_seen", 0) / max(seconds, 1e-9), final_loss=last_loss,
+                       bad_samples=bad.as_dict(), validation=validation)
+
+
+def _optimizer_step(trained: torch.nn.Module, model: Any, optimizer: torch.optim.Optimizer, batch: dict[str, Any],
+                    accum: int, clip: float, precision: str, device: torch.device) -> tuple[float, dict[str, float]]:
+    """One optimizer step over ``batch``, split into ``accum`` micro-batches.
+
+    With accumulation, features of all micro-batches are first computed without gradient, then each
+    micro-batch is recomputed with gradient against the cached others, so the loss sees every negative of
+    the whole batch (open_clip's scheme), and the temperature gets its gradient once.
+    """
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    images = batch["images"].to(device, dtype, non_blocking=True)
+    input_ids = batch["input_ids"].to(device, non_blocking=True)
+    mask = batch["attention_mask"].to(device, non_blocking=True)
+    optimizer.zero_grad(set_to_none=True)
+    if accum == 1 or len(images) < accum:
+        with autocast(precision, device):
+            outputs = model.loss_from_features(trained(images, input_ids, mask))
+        outputs["loss"].backward()
+    else:
+        chunks = list(zip(images.chunk(accum), input_ids.chunk(accum), mask.chunk(accum)))
+        with torch.no_grad(), autocast(precision, device):
+            cached = [trained(*chunk) for chunk in chunks]
+        for index, chunk in enumerate(chunks):
+            sync = index == len(chunks) - 1
+            context = trained.no_sync() if (isinstance(trained, DistributedDataParallel) and not sync) \
+                else _nullcontext()
+            with context:
+                with autocast(precision, device):
+                    fresh = trained(*chunk)
+                    features = {key: torch.cat([fresh[key] if j == index else cached[j][key]
+                                                for j in range(len(chunks))]) for key in fresh}
+                    outputs = model.loss_from_features(features, temperature_grad=index == 0)
+                outputs["loss"].backward()
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], clip)
+    optimizer.step()
+    if hasattr(model, "after_optimizer_step"):
+        model.after_optimizer_step()
+    logs = {key: float(value) for key, value in outputs.items() if key != "loss" and value.numel() == 1}
+    return float(outputs["loss"].detach()), logs
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _fit_steps_to_budget(step: int, seconds: float, budget_s: float | None, runtime: Any) -> int:
+    """Fit the schedule to the time budget from the steps timed so far (agreed across ranks)."""
+    assert budget_s is not None
+    per_step = distributed.all_reduce_mean(seconds / step, runtime.device)
+    return max(step + 1, int(budget_s / per_step))
+
+
+def _save(run_dir: Path, step: int, model: Any, optimizer: Any, state: dict[str, Any], main: bool) -> None:
+    if main:
+        ckpt.save_checkpoint(run_dir, step, model, optimizer, state)
+        _plot(run_dir)
+    distributed.barrier()
+
+
+def _append_metrics(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """On resume, drop records logged after the checkpoint (they will be logged again)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _plot(run_dir: Path) -> None:
+    from vlmkit.plots import plot_training_curves
+
+    records = read_metrics(run_dir)
+    if records:
+        plot_training_curves(records, run_dir / "loss_curve.png", title=run_dir.name)
+
+
+def _progress_bar(enabled: bool, start: int, total: int | None) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0)

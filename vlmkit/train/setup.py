@@ -1,0 +1,101 @@
+"""Everything a run needs before its first step: device, threads, process group, data, tokenizer, model."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlmkit import distributed
+
+PRECISIONS = ("fp32", "bf16-mixed", "bf16")
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int
+    world_size: int
+    threads: int
+
+
+def setup_runtime(train_config: dict[str, Any]) -> Runtime:
+    """Pick the device (auto: CUDA when present), start the process group under torchrun, set CPU threads."""
+    requested = str(train_config.get("device") or "auto")
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={requested} but no CUDA device is available; use train.device=cpu")
+    device = torch.device(requested)
+    distributed.init_from_env(device.type)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", distributed.local_rank())
+        torch.cuda.set_device(device)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    threads_setting = train_config.get("threads", "auto")
+    if threads_setting in (None, "auto"):
+        threads = max(1, (os.cpu_count() or 1) // local_world)
+    else:
+        threads = int(threads_setting)
+    torch.set_num_threads(threads)
+    return Runtime(device=device, rank=distributed.rank(), world_size=distributed.world_size(), threads=threads)
+
+
+def data_workers(data_config: dict[str, Any]) -> int:
+    """auto: one decoding worker per two cores of this process's share (at least one)."""
+    workers = data_config.get("workers", "auto")
+    if workers in (None, "auto"):
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        return max(1, (os.cpu_count() or 1) // (2 * local_world))
+    return int(workers)
+
+
+def load_training_samples(path: str | Path, data_config: dict[str, Any]) -> list[Any]:
+    from vlmkit.data import load_samples
+
+    return load_samples(str(path), image_key=data_config["image_key"], caption_key=data_config["caption_key"],
+                        label_key=data_config["label_key"], fmt=data_config["format"])
+
+
+def prepare_tokenizer(config: dict[str, Any], samples: list[Any], run_dir: Path) -> Any:
+    """The run's tokenizer: ``run_dir/tokenizer`` if it exists (resume), a given folder, or BPE trained here.
+
+    Only rank 0 trains and saves; the others wait and load the saved files, so every rank has the same vocabulary.
+    """
+    from vlmkit.data import Tokenizer, train_bpe
+
+    folder = run_dir / "tokenizer"
+    if not (folder / "tokenizer.json").exists():
+        if distributed.is_main_process():
+            source = config["tokenizer"].get("path")
+            if source:
+                tokenizer = Tokenizer.load(source)
+            else:
+                captions = (caption for sample in samples for caption in sample.captions)
+                tokenizer = train_bpe(captions, vocab_size=int(config["tokenizer"]["vocab_size"]))
+            tokenizer.save(folder)
+        distributed.barrier()
+    return Tokenizer.load(folder)
+
+
+def build_training_model(config: dict[str, Any], tokenizer: Any, seed: int) -> Any:
+    """A fresh model from the recipe, its text vocabulary sized to the tokenizer; same weights on every rank."""
+    from vlmkit.registry import build_model
+
+    model_config = dict(config["model"])
+    text = dict(model_config.get("text", {}))
+    text["vocab_size"] = tokenizer.vocab_size
+    model_config["text"] = text
+    config["model"] = model_config  # the saved config records the real vocabulary size
+    torch.manual_seed(seed)
+    return build_model(model_config, tokenizer=tokenizer)
+
+
+def autocast(precision: str, device: torch.device) -> Any:
+    """bf16-mixed: autocast to bfloat16 (weights stay fp32); fp32 and bf16: no autocast."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    enabled = precision == "bf16-mixed"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
