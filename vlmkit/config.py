@@ -42,7 +42,7 @@ DEFAULTS: dict[str, Any] = {
         "eps": 1.0e-6,
         "grad_accum": 1,
         "grad_clip": 1.0,  # max gradient norm; null or 0 disables
-        "precision": "bf16-mixed",  # fp32 | bf16-mixed | bf16
+        "precision": "auto",  # auto | fp32 | bf16-mixed | bf16 (auto measures which is faster here)
         "checkpoint_every": 200,
         "eval_every": 0,  # validation loss and retrieval every N steps (needs --val-data); 0 = at the end only
         "log_every": 10,

@@ -18,8 +18,9 @@ from vlmkit.data.sampler import EpochIndexed, ResumableBatchSampler
 from vlmkit.models.pretrained import atomic_write_text
 from vlmkit.train import checkpoint as ckpt
 from vlmkit.train.optim import build_optimizer, learning_rate, set_learning_rate, warmup_steps
-from vlmkit.train.setup import (autocast, build_training_model, data_workers, load_training_samples,
-                                prepare_tokenizer, setup_runtime)
+from vlmkit.train.step import optimizer_step
+from vlmkit.train.setup import (build_training_model, data_workers, load_training_samples,
+                                prepare_tokenizer, resolve_precision, setup_runtime)
 from vlmkit.train.validate import Validator
 
 CALIBRATION_STEPS = 12  # steps timed to fit the schedule to a time budget
@@ -71,6 +72,7 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
     run_dir = Path(out)
     tcfg, dcfg = config["train"], config["data"]
     runtime = setup_runtime(tcfg)
+    tcfg["precision"] = resolve_precision(str(tcfg["precision"]), runtime.device)
     main = distributed.is_main_process()
     latest = ckpt.latest_checkpoint(run_dir) if resume else None
     if not resume and ckpt.latest_checkpoint(run_dir) is not None:
@@ -150,7 +152,7 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
                 raise RuntimeError(f"every sample of step {step}'s batch was bad: {bad.summary()}")
             lr = learning_rate(step, total_steps or 10**9, float(tcfg["lr"]), warmup, float(tcfg["min_lr"]))
             set_learning_rate(optimizer, lr)
-            loss_value, logs = _optimizer_step(trained, model, optimizer, batch, accum, clip, tcfg["precision"],
+            loss_value, logs = optimizer_step(trained, model, optimizer, batch, accum, clip, tcfg["precision"],
                                                runtime.device)
             step += 1
             last_loss = loss_value
@@ -206,55 +208,6 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
     return TrainResult(run_dir=run_dir, model_dir=model_dir, steps=step, seconds=seconds,
                        samples_per_s=state.get("samples_seen", 0) / max(seconds, 1e-9), final_loss=last_loss,
                        bad_samples=bad.as_dict(), validation=validation)
-
-
-def _optimizer_step(trained: torch.nn.Module, model: Any, optimizer: torch.optim.Optimizer, batch: dict[str, Any],
-                    accum: int, clip: float, precision: str, device: torch.device) -> tuple[float, dict[str, float]]:
-    """One optimizer step over ``batch``, split into ``accum`` micro-batches.
-
-    With accumulation, features of all micro-batches are first computed without gradient, then each
-    micro-batch is recomputed with gradient against the cached others, so the loss sees every negative of
-    the whole batch (open_clip's scheme), and the temperature gets its gradient once.
-    """
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    images = batch["images"].to(device, dtype, non_blocking=True)
-    input_ids = batch["input_ids"].to(device, non_blocking=True)
-    mask = batch["attention_mask"].to(device, non_blocking=True)
-    optimizer.zero_grad(set_to_none=True)
-    if accum == 1 or len(images) < accum:
-        with autocast(precision, device):
-            outputs = model.loss_from_features(trained(images, input_ids, mask))
-        outputs["loss"].backward()
-    else:
-        chunks = list(zip(images.chunk(accum), input_ids.chunk(accum), mask.chunk(accum)))
-        with torch.no_grad(), autocast(precision, device):
-            cached = [trained(*chunk) for chunk in chunks]
-        for index, chunk in enumerate(chunks):
-            sync = index == len(chunks) - 1
-            context = trained.no_sync() if (isinstance(trained, DistributedDataParallel) and not sync) \
-                else _nullcontext()
-            with context:
-                with autocast(precision, device):
-                    fresh = trained(*chunk)
-                    features = {key: torch.cat([fresh[key] if j == index else cached[j][key]
-                                                for j in range(len(chunks))]) for key in fresh}
-                    outputs = model.loss_from_features(features, temperature_grad=index == 0)
-                outputs["loss"].backward()
-    if clip > 0:
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], clip)
-    optimizer.step()
-    if hasattr(model, "after_optimizer_step"):
-        model.after_optimizer_step()
-    logs = {key: float(value) for key, value in outputs.items() if key != "loss" and value.numel() == 1}
-    return float(outputs["loss"].detach()), logs
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def _fit_steps_to_budget(step: int, seconds: float, budget_s: float | None, runtime: Any) -> int:

@@ -11,6 +11,7 @@ import torch
 from vlmkit import distributed
 
 PRECISIONS = ("fp32", "bf16-mixed", "bf16")
+_PROBE_CACHE: dict[str, str] = {}
 
 
 @dataclass
@@ -91,6 +92,38 @@ def build_training_model(config: dict[str, Any], tokenizer: Any, seed: int) -> A
     config["model"] = model_config  # the saved config records the real vocabulary size
     torch.manual_seed(seed)
     return build_model(model_config, tokenizer=tokenizer)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16-mixed where bfloat16 matrix multiplication is faster than fp32, else fp32.
+
+    On CUDA that is every GPU with bf16 support; on a CPU it is measured (CPUs with AMX run bf16 several times
+    faster than fp32, while CPUs with only AVX512-BF16 can be slower in bf16).
+    """
+    if precision != "auto":
+        if precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be auto or one of {', '.join(PRECISIONS)}, not {precision!r}")
+        return precision
+    if device.type == "cuda":
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "fp32"
+    if "cpu" not in _PROBE_CACHE:
+        _PROBE_CACHE["cpu"] = "bf16-mixed" if _matmul_seconds(torch.bfloat16) < 0.8 * _matmul_seconds(
+            torch.float32) else "fp32"
+    return _PROBE_CACHE["cpu"]
+
+
+def _matmul_seconds(dtype: torch.dtype, size: int = 1024, repeats: int = 4) -> float:
+    import time
+
+    a = torch.randn(size, size, dtype=dtype)
+    b = torch.randn(size, size, dtype=dtype)
+    a @ b  # warm up the kernel selection
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def autocast(precision: str, device: torch.device) -> Any:

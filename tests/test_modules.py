@@ -1,0 +1,68 @@
+import math
+
+import pytest
+import torch
+
+from vlmkit.modules import TextConfig, TextTransformer, VisionConfig, VisionTransformer
+from vlmkit.modules.transformer import SelfAttention
+
+
+def test_self_attention_matches_manual_softmax_attention():
+    torch.manual_seed(0)
+    attention = SelfAttention(16, 4)
+    x = torch.randn(2, 5, 16)
+    q, k, v = attention.qkv(x).view(2, 5, 3, 4, 4).permute(2, 0, 3, 1, 4)
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(4)
+    causal = torch.triu(torch.ones(5, 5, dtype=torch.bool), 1)
+    manual = scores.masked_fill(causal, float("-inf")).softmax(-1) @ v
+    expected = attention.out(manual.transpose(1, 2).reshape(2, 5, 16))
+    assert torch.allclose(attention(x, is_causal=True), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean", "attention"])
+def test_vit_shapes(pool):
+    vit = VisionTransformer(VisionConfig(image_size=32, patch_size=8, width=32, layers=2, heads=4, pool=pool))
+    images = torch.randn(3, 3, 32, 32)
+    tokens = vit.forward_tokens(images)
+    assert tokens.shape == (3, 16 + (pool == "cls"), 32)
+    assert vit(images).shape == (3, 32)
+
+
+def test_vit_rejects_bad_patch_size():
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        VisionConfig(image_size=30, patch_size=8)
+
+
+def test_causal_eot_pooling_ignores_padding():
+    torch.manual_seed(0)
+    text = TextTransformer(TextConfig(vocab_size=50, context_length=8, width=32, layers=2, heads=4)).eval()
+    ids = torch.tensor([[1, 5, 6, 2, 0, 0, 0, 0]])
+    mask = ids != 0
+    other_padding = ids.clone()
+    other_padding[0, 4:] = 7  # garbage after the EOT token must not change the pooled feature
+    assert torch.allclose(text(ids, mask), text(other_padding, mask), atol=1e-6)
+    # pooled at the EOT position (index 3)
+    assert torch.allclose(text(ids, mask), text.forward_tokens(ids, mask)[0, 3], atol=1e-6)
+
+
+def test_bidirectional_cls_pooling_masks_padding():
+    torch.manual_seed(0)
+    config = TextConfig(vocab_size=50, context_length=8, width=32, layers=2, heads=4, causal=False, pool="cls")
+    text = TextTransformer(config).eval()
+    ids = torch.tensor([[1, 5, 6, 2, 0, 0, 0, 0]])
+    mask = ids != 0
+    changed = ids.clone()
+    changed[0, 5] = 9
+    assert torch.allclose(text(ids, mask), text(changed, mask), atol=1e-6)
+    assert not torch.allclose(text(ids, None), text(changed, None), atol=1e-6)
+
+
+def test_causal_tower_cannot_pool_cls():
+    with pytest.raises(ValueError, match="causal"):
+        TextConfig(causal=True, pool="cls")
+
+
+def test_text_longer_than_context_is_an_error():
+    text = TextTransformer(TextConfig(vocab_size=20, context_length=4, width=16, layers=1, heads=2))
+    with pytest.raises(ValueError, match="context length"):
+        text(torch.zeros(1, 5, dtype=torch.long))

@@ -1,0 +1,232 @@
+"""The ``vlmkit`` command. Each subcommand is a thin wrapper over a Python function."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+EPILOG = """examples:
+  vlmkit data synth --out data/train --n 20000
+  vlmkit train --recipe clip-tiny --data data/train/captions.csv --out runs/clip --set train.minutes=5
+  torchrun --nproc_per_node=2 -m vlmkit train --recipe clip-tiny --data train.csv --out runs/ddp
+  vlmkit eval zeroshot --model runs/clip --data data/val/captions.csv --classes data/val/classes.txt
+  vlmkit eval retrieval --model runs/clip --data data/val/coco.json --json
+  vlmkit demo --out demo
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlmkit", description="Train, evaluate and use vision-language models.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from vlmkit import __version__
+
+    parser.add_argument("--version", action="version", version=f"vlmkit {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    data = commands.add_parser("data", help="built-in data").add_subparsers(dest="data_command", required=True)
+    synth = data.add_parser("synth", help="generate procedural scenes of shapes (CSV, COCO JSON, WebDataset shards)")
+    synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--n", type=int, required=True, help="number of images")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (use another seed for held-out data)")
+    synth.add_argument("--image-size", type=int, default=96, help="side of the square images in pixels")
+    synth.add_argument("--single-fraction", type=float, default=0.5,
+                       help="fraction of single-object scenes (these carry a color+shape label)")
+    synth.set_defaults(func=cmd_synth)
+
+    train = commands.add_parser("train", help="train a model from a recipe",
+                                description="Train a model from a recipe. The merged config, metrics.jsonl, a "
+                                            "loss curve, checkpoints and the final model are written to --out.")
+    train.add_argument("--recipe", default="clip-tiny", help="built-in recipe name or YAML path (default clip-tiny)")
+    train.add_argument("--data", required=True,
+                       help="CSV/TSV/JSONL manifest, COCO captions JSON, WebDataset shards (dir, glob or "
+                            "{00000..00009}.tar) or a folder of images with captions")
+    train.add_argument("--val-data", help="held-out data for validation loss and retrieval")
+    train.add_argument("--out", required=True, help="run folder")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe value, e.g. --set train.steps=500 --set data.caption_key=text")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--on-bad-sample", choices=["skip", "error"],
+                       help="skip (count and report) or stop at the first undecodable sample")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a model").add_subparsers(dest="eval_command",
+                                                                                   required=True)
+    zeroshot = evaluate.add_parser("zeroshot", help="zero-shot classification (top-1, top-5, mean per-class recall)")
+    _eval_arguments(zeroshot)
+    zeroshot.add_argument("--classes", required=True, help="file with one class name per line, or 'cat,dog,...'")
+    zeroshot.add_argument("--templates", help="file with one prompt template per line containing {} "
+                                              "(default: a built-in ensemble of 8)")
+    zeroshot.set_defaults(func=cmd_zeroshot)
+    retrieval = evaluate.add_parser("retrieval", help="image<->text Recall@1/5/10, mean and median rank")
+    _eval_arguments(retrieval)
+    retrieval.set_defaults(func=cmd_retrieval)
+
+    recipes = commands.add_parser("recipes", help="list the built-in recipes")
+    recipes.set_defaults(func=cmd_recipes)
+
+    demo = commands.add_parser("demo", help="the main job on built-in data: generate, train clip-tiny, evaluate")
+    demo.add_argument("--out", default="demo", help="output folder (default: demo)")
+    demo.add_argument("--minutes", type=float, default=5.0, help="training time budget (default 5)")
+    demo.add_argument("--train-size", type=int, default=20000, help="training images (default 20000)")
+    demo.add_argument("--eval-size", type=int, default=2000, help="held-out images (default 2000)")
+    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a clip-tiny recipe value")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model folder or run folder")
+    parser.add_argument("--data", required=True, help="CSV/TSV/JSONL, COCO JSON, shards or image folder")
+    parser.add_argument("--image-key", default="image")
+    parser.add_argument("--caption-key", default="caption")
+    parser.add_argument("--label-key", default="label")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=1, help="image decoding worker processes")
+    parser.add_argument("--precision", choices=["fp32", "bf16-mixed"], default="fp32")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--out", help="folder for the JSON result and plots")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON (CLIP_benchmark shape)")
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from vlmkit.data.synth import generate
+
+    summary = generate(args.out, args.n, seed=args.seed, image_size=args.image_size,
+                       single_fraction=args.single_fraction)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from vlmkit import distributed
+    from vlmkit.config import load_config
+    from vlmkit.train import train
+
+    overrides = list(args.overrides)
+    if args.on_bad_sample:
+        overrides.append(f"data.on_bad_sample={args.on_bad_sample}")
+    saved = Path(args.out) / "config.yaml"
+    config = load_config(saved if args.resume and saved.exists() else args.recipe, overrides)
+    try:
+        result = train(config, data=args.data, out=args.out, val_data=args.val_data, resume=args.resume,
+                       progress=not args.no_progress)
+    finally:
+        distributed.destroy()
+    if distributed.is_main_process():
+        print(f"trained {result.steps} steps in {result.seconds:.0f} s ({result.samples_per_s:.0f} samples/s), "
+              f"final loss {result.final_loss:.4f}; model: {result.model_dir}")
+    return 0
+
+
+def _load_eval_model(args: argparse.Namespace) -> Any:
+    import torch
+
+    import vlmkit
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return vlmkit.load(args.model, device=device)
+
+
+def _eval_samples(args: argparse.Namespace) -> list[Any]:
+    from vlmkit.data import load_samples
+
+    return load_samples(args.data, image_key=args.image_key, caption_key=args.caption_key,
+                        label_key=args.label_key)
+
+
+def _emit(args: argparse.Namespace, task: str, metrics: dict[str, Any], extra: dict[str, Any], table: str) -> None:
+    from vlmkit.eval import benchmark_record, write_json
+
+    record = benchmark_record(task, str(args.model), str(args.data), metrics, extra=extra)
+    if args.out:
+        write_json(Path(args.out) / f"{task}.json", record)
+    print(json.dumps(record, indent=2) if args.json else table)
+
+
+def cmd_zeroshot(args: argparse.Namespace) -> int:
+    from vlmkit.data import BadSampleReport
+    from vlmkit.eval import DEFAULT_TEMPLATES
+    from vlmkit.eval.zeroshot import evaluate_zeroshot, read_classes
+
+    templates = DEFAULT_TEMPLATES
+    if args.templates:
+        templates = [line.strip() for line in Path(args.templates).read_text().splitlines() if line.strip()]
+        if not templates or any("{" not in t for t in templates):
+            raise ValueError(f"{args.templates}: every template needs a {{}} where the class name goes")
+    report = BadSampleReport()
+    result = evaluate_zeroshot(_load_eval_model(args), _eval_samples(args), read_classes(args.classes),
+                               templates=templates, batch_size=args.batch_size, workers=args.workers,
+                               precision=args.precision, report=report)
+    extra: dict[str, Any] = {"num_samples": result.num_samples, "bad_samples": report.as_dict()}
+    if args.out:
+        from vlmkit.plots import plot_confusion_matrix
+
+        extra["confusion_matrix_png"] = plot_confusion_matrix(result.confusion, result.classnames,
+                                                              Path(args.out) / "confusion_matrix.png",
+                                                              title="zero-shot confusion")
+    table = "\n".join(f"{k:>24}: {v:.4f}" for k, v in result.metrics.items())
+    table += f"\n{'samples':>24}: {result.num_samples}"
+    if report:
+        table += f"\n{report.summary()}"
+    _emit(args, "zeroshot_classification", result.metrics, extra, table)
+    return 0
+
+
+def cmd_retrieval(args: argparse.Namespace) -> int:
+    from vlmkit.data import BadSampleReport
+    from vlmkit.eval.retrieval import evaluate_retrieval
+
+    report = BadSampleReport()
+    metrics = evaluate_retrieval(_load_eval_model(args), _eval_samples(args), batch_size=args.batch_size,
+                                 workers=args.workers, precision=args.precision, report=report)
+    table = "\n".join(f"{k:>32}: {v:.4f}" if isinstance(v, float) else f"{k:>32}: {v}" for k, v in metrics.items())
+    if report:
+        table += f"\n{report.summary()}"
+    _emit(args, "zeroshot_retrieval", metrics, {"bad_samples": report.as_dict()}, table)
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from vlmkit.config import read_recipe, recipe_names
+
+    for name in recipe_names():
+        description = " ".join(str(read_recipe(name).get("description", "")).split())
+        print(f"{name:14} {description}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vlmkit.demo import run_demo
+
+    run_demo(args.out, minutes=args.minutes, train_size=args.train_size, eval_size=args.eval_size,
+             overrides=args.overrides)
+    return 0
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, KeyError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from vlmkit.data.decode import BadSample
+
+    try:
+        return int(args.func(args) or 0)
+    except (*USER_ERRORS, BadSample) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"vlmkit: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vlmkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
