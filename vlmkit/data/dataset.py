@@ -1,0 +1,164 @@
+"""Image-text dataset and collation.
+
+Each item is decoded safely: a bad sample becomes a small ``{"index", "key", "bad"}`` dict that
+the collator drops and reports, so one broken file never stops a run. Randomness (caption
+choice, crop) comes from a per-sample RNG derived from (seed, epoch, index) only, so an item is
+the same whichever worker loads it and a resumed run sees the same data.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+
+import torch
+from torch.utils.data import Dataset
+
+from .decode import DEFAULT_MAX_PIXELS, BadSample, decode_caption, decode_image
+from .sources import Sample
+from .tokenizer import Tokenizer
+from .transforms import ImageTransform
+
+ON_BAD_SAMPLE = ("skip", "error")
+SKIP_HINT = "use --on-bad-sample skip to skip such samples"
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
+    """A ``random.Random`` seeded from a hash of (seed, epoch, index).
+
+    blake2b instead of arithmetic mixing so that nearby triples (epoch 1, index 0 vs. epoch 0,
+    index N) never collide, and instead of ``hash()`` which is salted per process.
+    """
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+    return random.Random(int.from_bytes(digest, "little"))
+
+
+class ImageTextDataset(Dataset):
+    """Samples -> dicts ready for :func:`collate_image_text`.
+
+    Args:
+        samples: from :func:`vlmkit.data.load_samples`.
+        transform: an ImageTransform; in train mode a random caption and crop are drawn per
+            sample, in eval mode the first valid caption and the centre crop are used.
+        seed: base seed of the per-sample RNG.
+        on_bad_sample: ``"skip"`` returns a bad-item dict, ``"error"`` raises BadSample.
+        max_pixels: images with more pixels are bad (``too_large``) before being decoded.
+    """
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        transform: ImageTransform,
+        *,
+        seed: int = 0,
+        on_bad_sample: str = "skip",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        if on_bad_sample not in ON_BAD_SAMPLE:
+            raise ValueError(f"on_bad_sample must be one of {ON_BAD_SAMPLE}, got {on_bad_sample!r}")
+        self.samples = samples
+        self.transform = transform
+        self.seed = seed
+        self.on_bad_sample = on_bad_sample
+        self.max_pixels = max_pixels
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the epoch so train-mode crops and caption choices change between epochs.
+
+        Workers hold copies of the dataset: call it before an epoch's iterator starts, or wrap
+        the dataset in ``vlmkit.data.sampler.EpochIndexed`` so the epoch travels in the index.
+        """
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _choose_caption(self, sample: Sample, rng: random.Random) -> tuple[str, list[str]]:
+        if not sample.captions:
+            raise BadSample("missing_caption", sample.key)
+        valid: list[tuple[str, list[str]]] = []
+        first_error: BadSample | None = None
+        for raw in sample.captions:
+            try:
+                valid.append(decode_caption(raw, sample.key))
+            except BadSample as error:
+                first_error = first_error or error
+        if not valid:
+            assert first_error is not None
+            raise first_error
+        choice = rng.randrange(len(valid)) if self.transform.train else 0
+        return valid[choice]
+
+    def load(self, index: int) -> dict:
+        """Like ``__getitem__`` but raises BadSample whatever ``on_bad_sample`` says."""
+        sample = self.samples[index]
+        rng = sample_rng(self.seed, self.epoch, index)
+        # A separate crop stream: the crop must not depend on how many captions there are.
+        crop_rng = random.Random(rng.getrandbits(64))
+        try:
+            caption, caption_notes = self._choose_caption(sample, rng)
+            data = sample.image.read()
+            image, image_notes = decode_image(data, max_pixels=self.max_pixels)
+        except BadSample as error:
+            error.key = sample.key
+            raise
+        return {
+            "index": index,
+            "key": sample.key,
+            "image": self.transform(image, crop_rng),
+            "caption": caption,
+            "label": sample.label,
+            "converted": image_notes + caption_notes,
+        }
+
+    def __getitem__(self, index: int) -> dict:
+        """Returns ``{"index", "key", "image": float32 [3, S, S], "caption", "label",
+        "converted": [note, ...]}``, or ``{"index", "key", "bad": reason}`` for a skipped
+        bad sample."""
+        try:
+            return self.load(index)
+        except BadSample as error:
+            if self.on_bad_sample == "error":
+                error.hint = SKIP_HINT
+                raise
+            return {"index": index, "key": error.key, "bad": error.reason}
+
+
+def collate_image_text(
+    items: list[dict], tokenizer: Tokenizer | None = None, context_length: int = 77
+) -> dict:
+    """Stack good items and list bad ones.
+
+    Returns:
+        ``images`` float32 [B, 3, S, S], ``input_ids`` int64 [B, L] and ``attention_mask``
+        bool [B, L] (only with a tokenizer), ``captions``, ``labels``, ``keys`` (lists of B),
+        ``indices`` int64 [B], ``bad`` [(key, reason)], ``converted`` [(key, note)].
+        When every item is bad, ``images`` is None (B = 0, S unknown): the caller skips the
+        batch, after recording ``bad`` in its BadSampleReport.
+    """
+    good = [item for item in items if "bad" not in item]
+    batch: dict = {
+        "images": torch.stack([item["image"] for item in good]) if good else None,
+        "captions": [item["caption"] for item in good],
+        "labels": [item["label"] for item in good],
+        "indices": torch.tensor([item["index"] for item in good], dtype=torch.long),
+        "keys": [item["key"] for item in good],
+        "bad": [(item["key"], item["bad"]) for item in items if "bad" in item],
+        "converted": [(item["key"], note) for item in good for note in item["converted"]],
+    }
+    if tokenizer is not None:
+        batch["input_ids"], batch["attention_mask"] = tokenizer.encode(
+            batch["captions"], context_length
+        )
+    return batch
+
+
+class Collator:
+    """Picklable ``collate_fn`` for DataLoader workers: holds the tokenizer and context length."""
+
+    def __init__(self, tokenizer: Tokenizer | None = None, context_length: int = 77) -> None:
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+
+    def __call__(self, items: list[dict]) -> dict:
+        return collate_image_text(items, self.tokenizer, self.context_length)
