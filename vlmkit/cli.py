@@ -114,9 +114,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         result = train(config, data=args.data, out=args.out, val_data=args.val_data, resume=args.resume,
                        progress=not args.no_progress)
+        main_process = distributed.is_main_process()
     finally:
         distributed.destroy()
-    if distributed.is_main_process():
+    if main_process:
         print(f"trained {result.steps} steps in {result.seconds:.0f} s ({result.samples_per_s:.0f} samples/s), "
               f"final loss {result.final_loss:.4f}; model: {result.model_dir}")
     return 0

@@ -44,11 +44,14 @@ def evaluate_zeroshot(model: Any, samples: Sequence[Any], classnames: Sequence[s
                       precision: str = "fp32", report: Any = None, progress: bool = False) -> ZeroShotResult:
     """Classify the labelled samples among ``classnames`` by prompt ensembles (CLIP_benchmark semantics).
 
-    Samples without a label are ignored; a label that is not a class name is an error listing a few of them.
+    Rows of the same image count once; samples without a label are ignored; a label that is not a class name is an error listing a few of them.
     """
+    from vlmkit.data import group_by_image
+
     classnames = list(classnames)
     index = {name: i for i, name in enumerate(classnames)}
-    labelled = [s for s in samples if s.label not in (None, "")]
+    # a manifest often has one row per caption: classify each image once
+    labelled = [s for s in group_by_image(list(samples)) if s.label not in (None, "")]
     if not labelled:
         raise ValueError("no sample has a label: zero-shot evaluation needs a label column (data.label_key)")
     unknown = sorted({s.label for s in labelled if s.label not in index})

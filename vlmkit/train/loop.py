@@ -166,7 +166,8 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
                 if bar is not None:
                     bar.total = total_steps
                     bar.refresh()
-            elapsed = elapsed_before + time.perf_counter() - run_start
+            step_end = time.perf_counter()
+            elapsed = elapsed_before + step_end - run_start
             if step % log_every == 0 or step == total_steps:
                 seconds = time.perf_counter() - window_start
                 record = {"step": step, "loss": distributed.all_reduce_mean(sum(window_loss) / len(window_loss)),
@@ -180,6 +181,7 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
             if bar is not None:
                 bar.update(1)
 
+            pause_start = time.perf_counter()
             out_of_time = budget_s is not None and elapsed >= budget_s
             finished = (total_steps is not None and step >= total_steps) or out_of_time or stop.requested
             if validator is not None and eval_every and step % eval_every == 0 and not finished:
@@ -187,6 +189,7 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
             if (ckpt_every and step % ckpt_every == 0) or finished:
                 state.update(elapsed_s=elapsed, bad_samples=bad.as_dict(), total_steps=total_steps)
                 _save(run_dir, step, model, optimizer, state, main)
+            window_start += time.perf_counter() - pause_start  # throughput counts training, not checkpoints or eval
             if finished:
                 break
     if bar is not None:

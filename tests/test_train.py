@@ -1,0 +1,165 @@
+"""The trainer end to end on tiny models: outputs, exact resume after SIGKILL, accumulation, budgets, bad data."""
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vlmkit
+from vlmkit.config import load_config
+from vlmkit.train import train
+from conftest import vlmkit_command
+
+
+def test_run_folder_has_everything(tiny_run):
+    for name in ("config.yaml", "metrics.jsonl", "loss_curve.png", "summary.json", "model/config.json",
+                 "model/model.safetensors", "model/tokenizer.json", "checkpoints/latest"):
+        assert (tiny_run / name).exists(), name
+    records = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert all(r["loss"] > 0 and r["samples_per_s"] > 0 for r in records)
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert summary["steps"] == 6
+    saved = load_config(tiny_run / "config.yaml")
+    model = vlmkit.load(tiny_run)
+    assert saved["model"]["text"]["vocab_size"] == model.tokenizer.vocab_size
+
+
+def test_training_lowers_the_loss(synth_data, tiny_overrides, tmp_path):
+    config = load_config("clip-tiny", tiny_overrides + ["train.steps=30", "train.lr=2e-3", "train.log_every=5"])
+    train(config, data=synth_data / "captions.csv", out=tmp_path / "run", progress=False)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < losses[0] - 0.2
+
+
+def test_existing_run_needs_resume(tiny_run, synth_data, tiny_overrides):
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(load_config("clip-tiny", tiny_overrides), data=synth_data / "captions.csv", out=tiny_run,
+              progress=False)
+
+
+def _train_command(data, out, overrides, *extra):
+    command = vlmkit_command() + ["train", "--recipe", "clip-tiny", "--data", str(data), "--out", str(out),
+                                 "--no-progress"]
+    for item in overrides:
+        command += ["--set", item]
+    return command + list(extra)
+
+
+def test_resume_after_sigkill_is_bit_exact(synth_data, tiny_overrides, tmp_path):
+    overrides = tiny_overrides + ["train.steps=40", "train.checkpoint_every=5", "data.workers=1",
+                                  "data.augment=true"]
+    data = synth_data / "shards"
+    subprocess.run(_train_command(data, tmp_path / "straight", overrides), check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_train_command(data, killed, overrides), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    latest = killed / "checkpoints" / "latest"
+    while time.time() < deadline and not (latest.exists() and latest.read_text().strip() >= "step-00000010"):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed / "model").exists()
+    subprocess.run(_train_command(data, killed, overrides, "--resume"), check=True, capture_output=True)
+
+    straight = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
+    resumed = load_file(str(killed / "model" / "model.safetensors"))
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 41))
+
+
+def _gradients(model, batch, accum):
+    from vlmkit.train.step import optimizer_step
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    optimizer_step(model, model, optimizer, batch, accum, 0.0, "fp32", torch.device("cpu"))
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_gradient_accumulation_sees_the_whole_batch(tiny_overrides):
+    config = load_config("clip-tiny", tiny_overrides)
+    config["model"]["text"]["vocab_size"] = 50
+    torch.manual_seed(0)
+    model = vlmkit.build_model(config["model"])
+    batch = {"images": torch.randn(16, 3, 32, 32), "input_ids": torch.randint(1, 50, (16, 24)),
+             "attention_mask": torch.ones(16, 24, dtype=torch.bool)}
+    full = _gradients(model, batch, accum=1)
+    accumulated = _gradients(model, batch, accum=4)
+    assert full.keys() == accumulated.keys() and "logit_scale" in full
+    for name in full:
+        assert torch.allclose(full[name], accumulated[name], atol=1e-6, rtol=1e-4), name
+    # averaging four small-batch losses instead would see fewer negatives and differ
+    quarter = {"images": batch["images"][:4], "input_ids": batch["input_ids"][:4],
+               "attention_mask": batch["attention_mask"][:4]}
+    assert not torch.allclose(_gradients(model, quarter, 1)["logit_scale"], full["logit_scale"], rtol=1e-2)
+
+
+def test_time_budget_fits_the_schedule(synth_data, tiny_overrides, tmp_path):
+    config = load_config("clip-tiny", tiny_overrides + ["train.steps=null", "train.minutes=0.15"])
+    result = train(config, data=synth_data / "captions.csv", out=tmp_path / "run", progress=False)
+    state = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert result.steps >= 14 and state["total_steps"] >= 14
+    assert result.seconds < 0.15 * 60 + 10
+
+
+def test_bf16_precisions_train(synth_data, tiny_overrides, tmp_path):
+    for precision in ("bf16-mixed", "bf16"):
+        config = load_config("clip-tiny", tiny_overrides + ["train.steps=2", f"train.precision={precision}"])
+        result = train(config, data=synth_data / "captions.csv", out=tmp_path / precision, progress=False)
+        assert torch.isfinite(torch.tensor(result.final_loss))
+    assert vlmkit.load(tmp_path / "bf16").dtype == torch.bfloat16
+
+
+def test_bad_samples_are_skipped_and_reported(synth_data, tiny_overrides, tmp_path):
+    rows = (synth_data / "captions.csv").read_text().splitlines()
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    bad_rows = [f"{tmp_path / 'broken.png'},a broken image,", f"{tmp_path / 'missing.png'},a missing image,"]
+    manifest = tmp_path / "train.csv"
+    images = synth_data / "images"
+    fixed = [rows[0]] + [row.replace("images/", f"{images}/", 1) for row in rows[1:]]
+    manifest.write_text("\n".join(fixed[:1] + bad_rows * 60 + fixed[1:]) + "\n")
+    config = load_config("clip-tiny", tiny_overrides + ["train.steps=4"])
+    result = train(config, data=manifest, out=tmp_path / "run", progress=False)
+    skipped = result.bad_samples
+    assert json.dumps(skipped).count("corrupt_image") >= 1 and json.dumps(skipped).count("missing_file") >= 1
+
+    strict = load_config("clip-tiny", tiny_overrides + ["train.steps=4", "data.on_bad_sample=error"])
+    from vlmkit.data import BadSample
+
+    with pytest.raises(BadSample):
+        train(strict, data=manifest, out=tmp_path / "strict", progress=False)
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_match_one_process(synth_data, tiny_overrides, tmp_path):
+    overrides = tiny_overrides + ["train.steps=3", "train.grad_clip=0"]
+    data = synth_data / "captions.csv"
+    subprocess.run(_train_command(data, tmp_path / "single", overrides), check=True, capture_output=True)
+    command = _train_command(data, tmp_path / "ddp", overrides)
+    torchrun = [command[0], "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+                "--master_addr=127.0.0.1"] + command[1:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(torchrun, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    single = load_file(str(tmp_path / "single" / "model" / "model.safetensors"))
+    ddp = load_file(str(tmp_path / "ddp" / "model" / "model.safetensors"))
+    for name in single:
+        assert torch.allclose(single[name], ddp[name], atol=1e-4), name
+    assert not list((tmp_path / "ddp").glob("**/*.tmp*"))
