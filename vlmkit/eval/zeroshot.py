@@ -27,7 +27,11 @@ def read_classes(value: str | Path | Sequence[str]) -> list[str]:
         names = [str(v).strip() for v in value]
     else:
         path = Path(str(value))
-        if path.exists():
+        try:
+            is_file = path.is_file()
+        except OSError:  # a long comma-separated list is no file name
+            is_file = False
+        if is_file:
             names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
         else:
             names = [part.strip() for part in str(value).split(",")]
