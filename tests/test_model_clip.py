@@ -45,7 +45,7 @@ def test_encode_text_from_strings_equals_token_ids(model):
     texts = ["a red circle", "a blue square left of a green star"]
     ids, mask = model.tokenize(texts)
     assert torch.allclose(model.encode_text(texts), model.encode_text(ids, mask))
-    assert torch.allclose(model.encode_text("a red circle"), model.encode_text(texts)[:1])
+    assert torch.allclose(model.encode_text("a red circle"), model.encode_text(texts)[:1], atol=1e-6)
     assert torch.allclose(model.encode_text(texts).norm(dim=-1), torch.ones(2), atol=1e-5)
 
 
@@ -93,3 +93,10 @@ def test_temperature_is_clamped_after_each_step(model):
         model.logit_scale.fill_(10.0)
     model.after_optimizer_step()
     assert float(model.logit_scale.detach()) == pytest.approx(math.log(100.0))
+
+
+def test_trimming_padding_columns_keeps_text_features(model):
+    ids, mask = model.tokenize(["a red circle", "a blue square left of a green star"])
+    assert mask.shape[1] == 24 and int(mask.sum(1).max()) < 24
+    untrimmed = torch.nn.functional.normalize(model.text_projection(model.text(ids, mask)), dim=-1)
+    assert torch.allclose(model.text_features(ids, mask), untrimmed, atol=1e-6)

@@ -154,6 +154,11 @@ class ContrastiveModel(nn.Module, PretrainedMixin):
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """[B, L] -> normalised [B, D] (differentiable)."""
+        if attention_mask is not None and self.config.text.causal:
+            # Columns after the longest caption are padding that no real token attends to in a causal tower:
+            # dropping them gives the same features for a fraction of the compute (captions are short).
+            longest = int(attention_mask.sum(dim=1).max())
+            input_ids, attention_mask = input_ids[:, :longest], attention_mask[:, :longest]
         return F.normalize(self.text_projection(self.text(input_ids, attention_mask)), dim=-1)
 
     def encode_image(self, images: Any) -> torch.Tensor:
