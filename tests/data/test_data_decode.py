@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import pickle
+import struct
 import warnings
 
 import numpy as np
 import pytest
-from data_helpers import encode, noise_image, png_header_only
+from data_helpers import encode, noise_image, png_header_only, raw_png
 from PIL import Image, ImageFile
 
 from vlmkit.data.decode import BadSample, decode_caption, decode_image
@@ -101,6 +102,13 @@ def test_16bit_grayscale_png_is_scaled_not_clipped():
     decoded, notes = decode_image(encode(Image.fromarray(values)))
     assert set(notes) == {"16bit", "grayscale"}
     assert np.asarray(decoded)[0, :, 0].tolist() == [0, 100, 255, 128]
+
+
+def test_16bit_rgb_png_is_noted():
+    # PIL cannot save 16-bit RGB, so the 1x1 PNG is written by hand.
+    data = raw_png(1, 1, 16, 2, b"\x00" + struct.pack(">HHH", 65535, 0, 32896))
+    decoded, notes = decode_image(data)
+    assert notes == ["16bit"] and np.asarray(decoded)[0, 0].tolist() == [255, 0, 128]
 
 
 def test_float_and_int32_tiffs_are_scaled():

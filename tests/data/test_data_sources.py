@@ -8,14 +8,32 @@ import pickle
 import tarfile
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from data_helpers import encode, noise_image
+from PIL import Image
 
 from vlmkit.data import (BadSample, ImageRef, Sample, decode_caption, expand_captions,
                          group_by_image, load_samples)
 from vlmkit.data.shards import expand_braces
 from vlmkit.data.sources import detect_format
+
+
+@pytest.fixture
+def write_image(tmp_path: Path) -> Callable[..., Path]:
+    """write_image("a/b.png", image=None, fmt=None) -> path of a small image file under tmp_path."""
+
+    def write(relative: str, image: Image.Image | None = None, fmt: str | None = None,
+              seed: int = 0) -> Path:
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image = image if image is not None else noise_image(24, 20, seed)
+        fmt = fmt or ("JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG")
+        path.write_bytes(encode(image, fmt))
+        return path
+
+    return write
 
 
 def write_csv(path: Path, rows: list[list[str]], delimiter: str = ",") -> Path:
@@ -105,6 +123,12 @@ def test_coco_json_with_images_folder(tmp_path, write_image):
     assert samples[1].captions == ["second"] and samples[2].captions == []
     assert samples[0].image.path == str(tmp_path / "images" / "1.png")
     assert samples[1].image.read() == (tmp_path / "images" / "2.png").read_bytes()
+
+
+def test_coco_json_without_file_name_is_a_clear_error(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"images": [{"id": 1}], "annotations": []}))
+    with pytest.raises(ValueError, match="'file_name'"):
+        load_samples(str(tmp_path / "c.json"))
 
 
 def test_coco_json_with_paths_relative_to_its_folder(tmp_path, write_image):

@@ -244,9 +244,9 @@ def decode_image(
             raise BadSample(
                 "too_large", detail=f"{width}x{height} = {width * height} pixels > {max_pixels}"
             )
-        # PNG/TIFF with 16-bit RGB samples are reduced to 8-bit by PIL itself; note it.
+        # PNGs with 16-bit RGB(A) samples are reduced to 8-bit by PIL itself; note it.
         rawmodes = [tile.args if isinstance(tile.args, str) else "" for tile in image.tile]
-        if image.mode == "RGB" and any("16" in rawmode for rawmode in rawmodes):
+        if image.mode in ("RGB", "RGBA") and any("16" in rawmode for rawmode in rawmodes):
             notes.append("16bit")
         try:
             if getattr(image, "n_frames", 1) > 1:

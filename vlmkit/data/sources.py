@@ -114,9 +114,11 @@ def load_samples(
         holding a list of objects is read like JSONL rows.
       - ``wds``: tar shards (file, folder of .tar, glob, or ``{00000..00009}`` braces); captions
         from ``{key}.txt``, or the ``captions`` list of ``{key}.json`` when it has one; label
-        from the .json's ``label_key``; the whole .json goes to ``meta``.
+        from the .json's ``label_key``; the whole .json goes to ``meta`` (``image_key`` and
+        ``caption_key`` do not apply: images are the members with an image extension).
       - ``folder``: images found recursively plus ``name.txt`` sidecars (one caption per
-        non-empty line), or a ``captions.csv|tsv|jsonl`` manifest inside the folder.
+        non-empty line; no label), or a ``captions.csv|tsv|jsonl`` manifest inside the folder
+        (checked first).
     """
     if fmt == "auto":
         fmt = detect_format(path)
@@ -234,6 +236,10 @@ def _load_json(path: str, **columns: str) -> list[Sample]:
 
 def _load_coco(path: str, data: dict, *, label_key: str) -> list[Sample]:
     images, annotations = data["images"], data["annotations"]
+    for image in images:
+        if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
+            raise ValueError(f"{path}: every entry of 'images' needs an 'id' and a 'file_name' "
+                             f"(got {str(image)[:80]})")
     captions: dict[object, list[str]] = {image["id"]: [] for image in images}
     orphans = 0
     for annotation in annotations:
@@ -253,8 +259,6 @@ def _load_coco(path: str, data: dict, *, label_key: str) -> list[Sample]:
             base = nested
     samples = []
     for image in images:
-        if "file_name" not in image:
-            raise ValueError(f"{path}: image {image.get('id')!r} has no file_name")
         label = image.get(label_key)
         samples.append(
             Sample(
