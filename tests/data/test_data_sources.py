@@ -125,6 +125,16 @@ def test_coco_json_with_images_folder(tmp_path, write_image):
     assert samples[1].image.read() == (tmp_path / "images" / "2.png").read_bytes()
 
 
+def test_coco_json_in_the_official_layout(tmp_path, write_image):
+    write_image("coco/val2017/000000000139.jpg")
+    coco = {"images": [{"id": 139, "file_name": "000000000139.jpg"}],
+            "annotations": [{"image_id": 139, "caption": "a room"}]}
+    (tmp_path / "coco" / "annotations").mkdir()
+    (tmp_path / "coco" / "annotations" / "captions_val2017.json").write_text(json.dumps(coco))
+    sample = load_samples(str(tmp_path / "coco" / "annotations" / "captions_val2017.json"))[0]
+    assert sample.image.path == str(tmp_path / "coco" / "val2017" / "000000000139.jpg")
+
+
 def test_coco_json_without_file_name_is_a_clear_error(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"images": [{"id": 1}], "annotations": []}))
     with pytest.raises(ValueError, match="'file_name'"):

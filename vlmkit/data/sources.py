@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 
@@ -110,8 +111,10 @@ def load_samples(
         name the columns, an optional ``key`` column names the sample (else the zero-padded row
         number); relative image paths are relative to the manifest's folder. A JSONL caption
         may be a list of captions.
-      - ``coco``: COCO captions JSON, one Sample per image with all its captions. A ``.json``
-        holding a list of objects is read like JSONL rows.
+      - ``coco``: COCO captions JSON, one Sample per image with all its captions; images are
+        looked for beside the JSON, in ``images/``, or in the official layout
+        (``annotations/captions_val2017.json`` + ``val2017/``). A ``.json`` holding a list of
+        objects is read like JSONL rows.
       - ``wds``: tar shards (file, folder of .tar, glob, or ``{00000..00009}`` braces); captions
         from ``{key}.txt``, or the ``captions`` list of ``{key}.json`` when it has one; label
         from the .json's ``label_key``; the whole .json goes to ``meta`` (``image_key`` and
@@ -250,13 +253,7 @@ def _load_coco(path: str, data: dict, *, label_key: str) -> list[Sample]:
             target.extend(_captions_from_cell(annotation.get("caption")))
     if orphans:
         warnings.warn(f"{path}: {orphans} annotations name an unknown image_id", stacklevel=3)
-    base = _base_folder(path)
-    # COCO files often sit next to an images/ folder; decide once from the first image.
-    if images:
-        first = images[0].get("file_name", "")
-        nested = os.path.join(base, "images")
-        if not os.path.exists(_resolve(base, first)) and os.path.exists(_resolve(nested, first)):
-            base = nested
+    base = _coco_image_folder(path, images[0]["file_name"] if images else "")
     samples = []
     for image in images:
         label = image.get(label_key)
@@ -270,6 +267,28 @@ def _load_coco(path: str, data: dict, *, label_key: str) -> list[Sample]:
             )
         )
     return samples
+
+
+def _coco_image_folder(path: str, first_file: str) -> str:
+    """Where a COCO JSON's file_names live, decided once from the first image.
+
+    Tried in order: the JSON's folder, its ``images/``, and for the official layout
+    (``annotations/captions_val2017.json`` + ``val2017/``) the split folder next to the JSON's
+    folder, also under ``images/``. Falls back to the JSON's folder (reads then report
+    missing_file).
+    """
+    folder = _base_folder(path)
+    parent = os.path.dirname(folder)
+    candidates = [folder, os.path.join(folder, "images"), parent, os.path.join(parent, "images")]
+    split = re.fullmatch(r"captions_(\w+)\.json", os.path.basename(path))
+    if split:
+        name = split.group(1)
+        candidates += [os.path.join(folder, name), os.path.join(parent, name),
+                       os.path.join(parent, "images", name)]
+    for candidate in candidates:
+        if first_file and os.path.exists(_resolve(candidate, first_file)):
+            return candidate
+    return folder
 
 
 def _load_shards(path: str, *, label_key: str) -> list[Sample]:
