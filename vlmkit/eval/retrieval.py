@@ -9,6 +9,27 @@ from vlmkit.eval.embed import embed_images, embed_texts
 from vlmkit.eval.metrics_retrieval import retrieval_metrics
 
 
+def _with_clean_captions(sample: Any, report: Any) -> Any:
+    """The sample with its captions decoded as training decodes them; empty captions are dropped and counted."""
+    from dataclasses import replace
+
+    from vlmkit.data import BadSample, decode_caption
+
+    captions = []
+    for caption in sample.captions:
+        try:
+            text, notes = decode_caption(caption, key=sample.key)
+        except BadSample as bad:
+            if report is not None:
+                report.skip(bad.reason, sample.key)
+            continue
+        if report is not None:
+            for note in notes:
+                report.convert(note, sample.key)
+        captions.append(text)
+    return replace(sample, captions=captions)
+
+
 def evaluate_retrieval(model: Any, samples: Sequence[Any], *, batch_size: int = 256, workers: int = 1,
                        precision: str = "fp32", ks: Sequence[int] = (1, 5, 10), report: Any = None,
                        progress: bool = False) -> dict[str, float]:
@@ -17,7 +38,7 @@ def evaluate_retrieval(model: Any, samples: Sequence[Any], *, batch_size: int = 
     """
     from vlmkit.data import group_by_image
 
-    images = group_by_image(list(samples))
+    images = [_with_clean_captions(sample, report) for sample in group_by_image(list(samples))]
     images = [sample for sample in images if sample.captions]
     if not images:
         raise ValueError("no image with a caption to evaluate retrieval on")
