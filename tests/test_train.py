@@ -156,8 +156,15 @@ def test_torchrun_two_processes_match_one_process(synth_data, tiny_overrides, tm
     torchrun = [command[0], "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
                 "--master_addr=127.0.0.1"] + command[1:]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(torchrun, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    process = subprocess.Popen(torchrun, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    try:
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:  # never leave workers behind
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 0, stderr[-2000:]
     single = load_file(str(tmp_path / "single" / "model" / "model.safetensors"))
     ddp = load_file(str(tmp_path / "ddp" / "model" / "model.safetensors"))
     for name in single:
