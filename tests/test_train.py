@@ -170,3 +170,14 @@ def test_torchrun_two_processes_match_one_process(synth_data, tiny_overrides, tm
     for name in single:
         assert torch.allclose(single[name], ddp[name], atol=1e-4), name
     assert not list((tmp_path / "ddp").glob("**/*.tmp*"))
+
+
+def test_periodic_validation_logs_retrieval(synth_data, heldout_data, tiny_overrides, tmp_path):
+    config = load_config("clip-tiny", tiny_overrides + ["train.steps=4", "train.eval_every=2"])
+    result = train(config, data=synth_data / "coco.json", val_data=heldout_data / "captions.csv",
+                   out=tmp_path / "run", progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    validation = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in validation] == [2, 4]
+    assert all(0 <= r["val/image_retrieval_recall@1"] <= 1 for r in validation)
+    assert result.validation["val/num_images"] == 80
