@@ -66,3 +66,17 @@ def test_text_longer_than_context_is_an_error():
     text = TextTransformer(TextConfig(vocab_size=20, context_length=4, width=16, layers=1, heads=2))
     with pytest.raises(ValueError, match="context length"):
         text(torch.zeros(1, 5, dtype=torch.long))
+
+
+def test_sincos_position_init_encodes_the_patch_grid():
+    from vlmkit.modules.vision import sincos_2d
+
+    codes = sincos_2d(4, 16)
+    assert codes.shape == (16, 16)
+    # neighbouring patches have closer codes than distant ones
+    assert (codes[0] - codes[1]).norm() < (codes[0] - codes[3]).norm()
+    assert (codes[0] - codes[4]).norm() < (codes[0] - codes[12]).norm()
+    vit = VisionTransformer(VisionConfig(image_size=32, patch_size=8, width=16, layers=1, heads=2,
+                                         position_init="sincos"))
+    assert torch.equal(vit.positional_embedding.detach()[1:], codes)
+    assert vit.positional_embedding.requires_grad

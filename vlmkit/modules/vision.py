@@ -21,6 +21,7 @@ class VisionConfig:
     activation: str = "gelu"
     pool: str = "cls"  # cls | mean | attention
     norm_pre: bool = True  # CLIP normalises the token sequence before the blocks
+    position_init: str = "random"  # random (CLIP) | sincos (2-D sine-cosine, still learned: faster from scratch)
     norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
@@ -28,10 +29,24 @@ class VisionConfig:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.pool not in ("cls", "mean", "attention"):
             raise ValueError(f"vision pool must be cls, mean or attention, not {self.pool!r}")
+        if self.position_init not in ("random", "sincos"):
+            raise ValueError(f"vision position_init must be random or sincos, not {self.position_init!r}")
 
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
+
+
+def sincos_2d(grid: int, width: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position codes [grid * grid, width] in row-major patch order (as in MAE)."""
+    if width % 4:
+        raise ValueError(f"sincos positions need a width divisible by 4, got {width}")
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32),
+                            indexing="ij")
+    frequencies = 1.0 / temperature ** (torch.arange(width // 4, dtype=torch.float32) / (width // 4))
+    angles_x = xs.flatten()[:, None] * frequencies[None]
+    angles_y = ys.flatten()[:, None] * frequencies[None]
+    return torch.cat([angles_x.sin(), angles_x.cos(), angles_y.sin(), angles_y.cos()], dim=1)
 
 
 class VisionTransformer(nn.Module):
@@ -50,6 +65,10 @@ class VisionTransformer(nn.Module):
         tokens = config.num_patches + int(self.has_class_token)
         self.class_embedding = nn.Parameter(scale * torch.randn(width)) if self.has_class_token else None
         self.positional_embedding = nn.Parameter(scale * torch.randn(tokens, width))
+        if config.position_init == "sincos":
+            with torch.no_grad():
+                grid = config.image_size // config.patch_size
+                self.positional_embedding[-config.num_patches:] = sincos_2d(grid, width)
         self.norm_pre = nn.LayerNorm(width, eps=config.norm_eps) if config.norm_pre else nn.Identity()
         self.transformer = Transformer(width, config.layers, config.heads, config.mlp_ratio, config.activation,
                                        config.norm_eps)
