@@ -8,7 +8,7 @@ def test_builtin_recipes_exist_and_build():
     assert {"clip-tiny", "siglip-tiny", "clip-b32"} <= set(recipe_names())
     tiny = load_config("clip-tiny")
     assert tiny["model"]["vision"] == {"image_size": 64, "patch_size": 8, "width": 256, "layers": 6, "heads": 4,
-                                       "pool": "cls"}
+                                       "pool": "mean"}
     assert tiny["model"]["text"]["context_length"] == 32 and tiny["model"]["embed_dim"] == 256
     siglip = vlmkit.build_model(load_config("siglip-tiny")["model"])
     assert siglip.logit_bias is not None

@@ -98,9 +98,9 @@ def test_two_processes_equal_one_big_batch(kind):
     procs = [ctx.Process(target=_worker, args=(r, 2, port, kind, queue)) for r in range(2)]
     for p in procs:
         p.start()
-    results = sorted((queue.get(timeout=120) for _ in procs), key=lambda r: r[0])
+    results = sorted((queue.get(timeout=500) for _ in procs), key=lambda r: r[0])
     for p in procs:
-        p.join(timeout=60)
+        p.join(timeout=120)
         assert p.exitcode == 0
     dist_loss = results[0][1]
     assert abs(dist_loss - float(loss.detach())) < 1e-5

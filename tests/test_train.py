@@ -159,7 +159,7 @@ def test_torchrun_two_processes_match_one_process(synth_data, tiny_overrides, tm
     process = subprocess.Popen(torchrun, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                start_new_session=True)
     try:
-        _, stderr = process.communicate(timeout=300)
+        _, stderr = process.communicate(timeout=500)
     finally:
         if process.poll() is None:  # never leave workers behind
             os.killpg(process.pid, signal.SIGKILL)
