@@ -140,7 +140,10 @@ class OpenClipTrainer:
         vision, text = model_spec["vision"], model_spec["text"]
         vision_cfg = CLIPVisionCfg(layers=vision["layers"], width=vision["width"],
                                    head_width=vision["width"] // vision["heads"], mlp_ratio=vision["mlp_ratio"],
-                                   patch_size=vision["patch_size"], image_size=vision["image_size"])
+                                   patch_size=vision["patch_size"], image_size=vision["image_size"],
+                                   # mean pooling: open_clip averages the patch tokens but keeps its class token
+                                   # in the sequence (one token more than ours of 64 + 1)
+                                   pool_type="avg" if vision.get("pool") == "mean" else "tok")
         text_cfg = CLIPTextCfg(context_length=text["context_length"], vocab_size=text["vocab_size"],
                                width=text["width"], heads=text["heads"], layers=text["layers"],
                                mlp_ratio=text["mlp_ratio"])

@@ -185,8 +185,8 @@ def peer_model_spec(model: Any) -> dict[str, Any]:
         problems.append(f"freeze {config.freeze} (LiT)")
     if config.projection != "linear":
         problems.append(f"projection {config.projection}")
-    if vision["pool"] != "cls" or not vision["norm_pre"]:
-        problems.append("vision pool/norm_pre other than cls/true")
+    if vision["pool"] not in ("cls", "mean") or not vision["norm_pre"]:
+        problems.append("vision pool/norm_pre other than cls or mean/true")
     if text["pool"] != "eot" or not text["causal"]:
         problems.append("text pool/causal other than eot/true")
     if vision["activation"] != "gelu" or text["activation"] != "gelu":
