@@ -100,3 +100,16 @@ def test_trimming_padding_columns_keeps_text_features(model):
     assert mask.shape[1] == 24 and int(mask.sum(1).max()) < 24
     untrimmed = torch.nn.functional.normalize(model.text_projection(model.text(ids, mask)), dim=-1)
     assert torch.allclose(model.text_features(ids, mask), untrimmed, atol=1e-6)
+
+
+def test_atomic_writes_leave_no_partial_file(tmp_path):
+    from vlmkit.files import atomic_path, atomic_write_text
+
+    atomic_write_text(tmp_path / "a.txt", "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "a.txt") as temporary:
+            temporary.write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert (tmp_path / "a.txt").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+    assert (tmp_path / "a.txt").stat().st_mode & 0o044  # readable by others, as with a plain open()

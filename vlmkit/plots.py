@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from vlmkit.files import atomic_path
 
 _MAX_LABEL_CHARS = 24  # longer class names are shortened so they don't squeeze the matrix
 _MAX_LABELLED_CLASSES = 100  # beyond this, tick labels are unreadable at any sane figure size
@@ -25,15 +26,9 @@ _ANNOTATE_UP_TO = 15  # write cell values only when cells are big enough to hold
 def _save_atomic(figure: Figure, path: str | os.PathLike, dpi: int) -> str:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     FigureCanvasAgg(figure)  # attaches itself as figure.canvas
-    try:
-        with open(temporary, "xb") as handle:
-            figure.savefig(handle, format="png", dpi=dpi)
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as temporary, open(temporary, "xb") as handle:
+        figure.savefig(handle, format="png", dpi=dpi)
     return str(target)
 
 

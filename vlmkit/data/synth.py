@@ -25,6 +25,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..files import atomic_write_bytes, temporary_path
 from .scenes import (CLASS_NAMES, choose_captions, counts, layout_multi, layout_single,
                      multi_captions, relations, render, single_captions)
 
@@ -62,25 +63,6 @@ def _make_scene_args(args: tuple) -> tuple[bytes, dict]:
     return make_scene(*args)
 
 
-def _temp_name(path: str) -> str:
-    # Beside the target (same file system, so rename is atomic); plain open() keeps the umask's
-    # permissions, which mkstemp's 0600 would not.
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name}.tmp{os.getpid()}")
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    temp_name = _temp_name(path)
-    try:
-        with open(temp_name, "wb") as stream:
-            stream.write(data)
-        os.replace(temp_name, path)
-    except BaseException:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
-        raise
-
-
 class _ShardWriter:
     """Writes numbered tar shards, each to a temporary name renamed when complete."""
 
@@ -96,7 +78,7 @@ class _ShardWriter:
         if self._archive is None or self._count == self.shard_size:
             self.close()
             self.paths.append(os.path.join(self.folder, f"{len(self.paths):05d}.tar"))
-            self._temp_name = _temp_name(self.paths[-1])
+            self._temp_name = str(temporary_path(self.paths[-1]))
             self._archive = tarfile.open(self._temp_name, "w", format=tarfile.GNU_FORMAT)
             self._count = 0
         for extension, data in files:
@@ -188,7 +170,7 @@ def generate(
         for index, (png, meta) in enumerate(_scenes(jobs, workers)):
             key = keys[index]
             relative = f"images/{key}.png"
-            _atomic_write(os.path.join(out_dir, relative), png)
+            atomic_write_bytes(os.path.join(out_dir, relative), png)
             label = meta["label"]
             for caption in meta["captions"]:
                 csv_writer.writerow([relative, caption, label or ""])
@@ -213,10 +195,10 @@ def generate(
     }
     coco = {"info": {"description": f"vlmkit synthetic shapes, seed {seed}"},
             "images": coco_images, "annotations": coco_annotations}
-    _atomic_write(paths["captions_csv"], csv_buffer.getvalue().encode())
-    _atomic_write(paths["coco_json"], json.dumps(coco).encode())
-    _atomic_write(paths["metadata_jsonl"], ("\n".join(metadata_lines) + "\n").encode())
-    _atomic_write(paths["classes_txt"], ("\n".join(CLASS_NAMES) + "\n").encode())
+    atomic_write_bytes(paths["captions_csv"], csv_buffer.getvalue().encode())
+    atomic_write_bytes(paths["coco_json"], json.dumps(coco).encode())
+    atomic_write_bytes(paths["metadata_jsonl"], ("\n".join(metadata_lines) + "\n").encode())
+    atomic_write_bytes(paths["classes_txt"], ("\n".join(CLASS_NAMES) + "\n").encode())
     return {
         "out_dir": out_dir,
         "images": image_dir,

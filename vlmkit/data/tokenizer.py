@@ -14,6 +14,7 @@ import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from ..files import atomic_write_text
 from .decode import repair_text
 
 PAD_TOKEN = "<|pad|>"
@@ -137,8 +138,8 @@ class Tokenizer:
             "pad_token": self.pad_token,
             "saved_by": "vlmkit",
         }
-        _write_atomic(folder / "tokenizer.json", self._tokenizer.to_str(pretty=True))
-        _write_atomic(folder / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
+        atomic_write_text(folder / "tokenizer.json", self._tokenizer.to_str(pretty=True))
+        atomic_write_text(folder / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "Tokenizer":
@@ -212,19 +213,6 @@ def _special_tokens_from_files(folder: Path) -> dict[str, str]:
             if token and role not in named:
                 named[role] = token
     return named
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    # Beside the target so the rename is atomic; open() keeps umask permissions (mkstemp: 0600).
-    temp_name = str(path.parent / f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(temp_name, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temp_name, path)
-    except BaseException:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
-        raise
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> Tokenizer:

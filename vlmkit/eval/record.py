@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Any
+
+from vlmkit.files import atomic_write_text
 
 _STANDARD_KEYS = ("dataset", "model", "pretrained", "task", "metrics", "language")
 
@@ -68,15 +69,5 @@ def write_json(path: str | os.PathLike, obj: Any) -> str:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_to_jsonable(obj), indent=2) + "\n"
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        # Mode "x" creates a fresh file with the normal umask permissions (mkstemp would force 0600).
-        with open(temporary, "x", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    atomic_write_text(target, text)
     return str(target)

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from vlmkit.models.pretrained import atomic_write_text, save_state_dict
+from vlmkit.files import atomic_write_text
+from vlmkit.models.pretrained import save_state_dict
 
 KEEP = 2
 

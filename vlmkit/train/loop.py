@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from vlmkit import distributed
 from vlmkit.config import dump_config
 from vlmkit.data.sampler import EpochIndexed, ResumableBatchSampler
-from vlmkit.models.pretrained import atomic_write_text
+from vlmkit.files import atomic_write_text
 from vlmkit.train import checkpoint as ckpt
 from vlmkit.train.optim import build_optimizer, learning_rate, set_learning_rate, warmup_steps
 from vlmkit.train.step import optimizer_step
