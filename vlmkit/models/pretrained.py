@@ -24,10 +24,7 @@ def save_state_dict(state_dict: dict[str, torch.Tensor], path: str | Path, metad
 class PretrainedMixin:
     """``save_pretrained`` / ``from_pretrained`` for native models that have ``config_dict()`` and ``tokenizer``."""
 
-    architecture: str
-
-    def config_dict(self) -> dict[str, Any]:  # pragma: no cover - provided by each model
-        raise NotImplementedError
+    architecture: str  # the registry name written to config.json; each model also defines config_dict()
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write config.json, model.safetensors and the tokenizer files into ``directory`` (each atomically)."""
@@ -40,7 +37,8 @@ class PretrainedMixin:
         tokenizer = getattr(self, "tokenizer", None)
         if tokenizer is not None:
             tokenizer.save(directory)
-        config = {"architecture": self.architecture, "vlmkit_version": __version__, **self.config_dict()}
+        config = {"architecture": self.architecture, "vlmkit_version": __version__,
+                  **self.config_dict()}  # type: ignore[attr-defined]
         atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
         return directory
 
