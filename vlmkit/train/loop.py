@@ -92,12 +92,10 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
 
     from vlmkit.data import Collator, ImageTextDataset, ImageTransform
 
-    vision = config["model"].get("vision", {})
     pre = model.config.preprocess
     transform = ImageTransform(image_size=model.config.vision.image_size, mean=tuple(pre.mean), std=tuple(pre.std),
                                train=bool(dcfg["augment"]), crop_scale=tuple(dcfg["crop_scale"]),
                                interpolation=pre.interpolation, resize_mode=pre.resize_mode)
-    del vision
     dataset = ImageTextDataset(samples, transform, seed=seed, on_bad_sample=dcfg["on_bad_sample"],
                                max_pixels=int(dcfg["max_pixels"]))
 
@@ -130,9 +128,7 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
 
     from vlmkit.data import BadSampleReport
 
-    bad = BadSampleReport()
-    if state.get("bad_samples"):
-        bad = BadSampleReport.from_dict(state["bad_samples"]) if hasattr(BadSampleReport, "from_dict") else bad
+    bad = BadSampleReport.from_dict(state["bad_samples"]) if state.get("bad_samples") else BadSampleReport()
     accum = max(1, int(tcfg["grad_accum"]))
     clip = float(tcfg["grad_clip"] or 0.0)
     log_every, ckpt_every = max(1, int(tcfg["log_every"])), int(tcfg["checkpoint_every"] or 0)
