@@ -1,0 +1,53 @@
+"""Small helpers shared by the adapters of external checkpoints."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+
+def as_image_list(images: Any) -> list[Any]:
+    """One PIL image or a sequence of them -> a list of RGB PIL images."""
+    from PIL import Image
+
+    if isinstance(images, Image.Image):
+        images = [images]
+    if isinstance(images, torch.Tensor):
+        raise TypeError("this model takes PIL images here (it applies its own preprocessing); "
+                        "a tensor is accepted only by encode_image")
+    out = []
+    for image in images:
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"expected PIL images, got {type(image).__name__}")
+        out.append(image if image.mode == "RGB" else image.convert("RGB"))
+    return out
+
+
+def as_text_list(texts: str | Sequence[str]) -> list[str]:
+    """One string or a sequence of strings -> a list of strings."""
+    if isinstance(texts, str):
+        return [texts]
+    texts = list(texts)
+    for text in texts:
+        if not isinstance(text, str):
+            raise TypeError(f"expected strings, got {type(text).__name__}")
+    return texts
+
+
+def broadcast_texts(texts: str | Sequence[str], count: int, what: str = "questions") -> list[str]:
+    """One text for every image, or exactly one text per image."""
+    texts = as_text_list(texts)
+    if len(texts) == 1:
+        return texts * count
+    if len(texts) != count:
+        raise ValueError(f"got {len(texts)} {what} for {count} images: give one for all, or one per image")
+    return texts
+
+
+def require_transformers() -> Any:
+    """Import transformers or say how to install it."""
+    try:
+        import transformers
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError("Hugging Face checkpoints need transformers: pip install 'vlmkit[hf]'") from error
+    return transformers
