@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -18,6 +19,19 @@ from vlmkit.models.pretrained import PretrainedMixin
 from vlmkit.modules import ProjectionHead, TextConfig, TextTransformer, VisionConfig, VisionTransformer
 
 LOSSES = {"clip": "infonce", "siglip": "sigmoid"}
+TEXT_ENCODER_DIR = "text_encoder"  # a saved model's copy of its pretrained text encoder's config.json
+
+
+def build_text_tower(config: TextConfig, saved_encoder: str | Path | None = None) -> nn.Module:
+    """The text tower ``config`` names: vlmkit's own transformer, or the pretrained Hugging Face encoder
+    ``config.pretrained`` (with its weights; given ``saved_encoder``, a folder holding its config.json, the same
+    architecture with fresh weights for a saved state dict to fill). Both map (ids, mask) -> pooled [B, width]."""
+    if not config.pretrained:
+        return TextTransformer(config)
+    from vlmkit.backends.hf_text_tower import PretrainedTextTower  # transformers enters only through backends
+
+    return PretrainedTextTower.build(config.pretrained, pool=config.pool, context_length=config.context_length,
+                                     saved_config=saved_encoder)
 
 
 @dataclass
@@ -40,7 +54,7 @@ class ContrastiveConfig:
     init_logit_scale: float | None = None  # log temperature; default ln(1/0.07) for clip, ln 10 for siglip
     init_logit_bias: float | None = None  # siglip only; default -10
     max_logit_scale: float = math.log(100.0)
-    freeze: str = "none"  # none | vision | text  (LiT locks one tower and its projection)
+    freeze: str = "none"  # none | vision | text  (LiT locks one tower; see ContrastiveModel.apply_freeze)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
     def __post_init__(self) -> None:
@@ -79,14 +93,21 @@ class ContrastiveConfig:
 class ContrastiveModel(nn.Module, PretrainedMixin):
     """CLIP / SigLIP. Capabilities: ``encode_image``, ``encode_text``, ``score``, ``loss``."""
 
-    def __init__(self, config: ContrastiveConfig, tokenizer: Any = None) -> None:
+    def __init__(self, config: ContrastiveConfig, tokenizer: Any = None, *,
+                 saved_text_encoder: str | Path | None = None) -> None:
         super().__init__()
         self.config = config
         self.architecture = config.architecture
         self.visual = VisionTransformer(config.vision)
-        self.text = TextTransformer(config.text)
+        self.text = build_text_tower(config.text, saved_text_encoder)
+        if config.text.pretrained:
+            if config.text.vocab_size > self.text.vocab_size:
+                raise ValueError(f"the tokenizer's {config.text.vocab_size} ids do not fit the pretrained text "
+                                 f"encoder's {self.text.vocab_size}-token vocabulary: use the encoder's tokenizer")
+            for key, value in self.text.describe().items():  # the config.json says what the tower really is
+                setattr(config.text, key, value)
         self.visual_projection = ProjectionHead(config.vision.width, config.embed_dim, config.projection)
-        self.text_projection = ProjectionHead(config.text.width, config.embed_dim, config.projection)
+        self.text_projection = ProjectionHead(self.text.width, config.embed_dim, config.projection)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         self.logit_bias = (nn.Parameter(torch.tensor(float(config.init_logit_bias)))
                            if config.architecture == "siglip" else None)
@@ -100,15 +121,33 @@ class ContrastiveModel(nn.Module, PretrainedMixin):
             config = ContrastiveConfig.from_dict(config)
         return cls(config, tokenizer=tokenizer)
 
+    @classmethod
+    def from_saved_config(cls, config: dict[str, Any], directory: Path) -> "ContrastiveModel":
+        """Rebuild a saved model's architecture: a pretrained text encoder from the folder's own copy of its
+        config.json (the saved weights fill it), so loading needs neither the original folder nor its package."""
+        saved = Path(directory) / TEXT_ENCODER_DIR
+        return cls(ContrastiveConfig.from_dict(config), saved_text_encoder=saved if saved.is_dir() else None)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        save_config = getattr(self.text, "save_config", None)
+        if save_config is not None:  # before config.json, which is written last and marks the folder complete
+            save_config(Path(directory) / TEXT_ENCODER_DIR)
+        return super().save_pretrained(directory)
+
     def config_dict(self) -> dict[str, Any]:
         data = asdict(self.config)
         data.pop("architecture")
         return data
 
     def apply_freeze(self) -> None:
-        """LiT: lock one tower (and its projection) so only the other learns."""
+        """LiT: lock one tower so only the other learns.
+
+        A native tower is locked with its projection; a pretrained text encoder's projection is new (randomly
+        initialised), so it stays trainable and learns to map the locked encoder's space into the shared one.
+        """
         locked = {"vision": (self.visual, self.visual_projection),
-                  "text": (self.text, self.text_projection)}.get(self.config.freeze, ())
+                  "text": (self.text,) if self.config.text.pretrained else (self.text, self.text_projection),
+                  }.get(self.config.freeze, ())
         for module in locked:
             module.requires_grad_(False)
 
@@ -154,9 +193,10 @@ class ContrastiveModel(nn.Module, PretrainedMixin):
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """[B, L] -> normalised [B, D] (differentiable)."""
-        if attention_mask is not None and self.config.text.causal:
-            # Columns after the longest caption are padding that no real token attends to in a causal tower:
-            # dropping them gives the same features for a fraction of the compute (captions are short).
+        if attention_mask is not None and (self.config.text.causal or self.config.text.pretrained):
+            # Columns after the longest caption are padding that no real token attends to (a causal tower, or a
+            # pretrained encoder, which masks them): dropping them gives the same features for a fraction of
+            # the compute (captions are short).
             longest = int(attention_mask.sum(dim=1).max())
             input_ids, attention_mask = input_ids[:, :longest], attention_mask[:, :longest]
         return F.normalize(self.text_projection(self.text(input_ids, attention_mask)), dim=-1)

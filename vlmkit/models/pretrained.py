@@ -43,11 +43,17 @@ class PretrainedMixin:
         return directory
 
     @classmethod
+    def from_saved_config(cls, config: dict[str, Any], directory: Path) -> Any:
+        """The model's architecture (weights still to load) from a saved folder's config; a model whose folder
+        holds more than config.json (e.g. a pretrained tower's own config) overrides this."""
+        return cls.from_config(config)  # type: ignore[attr-defined]
+
+    @classmethod
     def from_pretrained(cls, directory: str | Path, *, device: str | torch.device | None = None) -> Any:
         """Rebuild the model from ``directory`` and load its weights exactly (strict)."""
         directory = Path(directory)
         config = read_config(directory)
-        model = cls.from_config(config)  # type: ignore[attr-defined]
+        model = cls.from_saved_config(config, directory)
         state = load_file(str(directory / WEIGHTS_NAME))
         dtypes = {tensor.dtype for tensor in state.values() if tensor.is_floating_point()}
         if len(dtypes) == 1:

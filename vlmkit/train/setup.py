@@ -60,8 +60,15 @@ def load_training_samples(path: str | Path, data_config: dict[str, Any]) -> list
                         label_key=data_config["label_key"], fmt=data_config["format"])
 
 
+def pretrained_text_source(config: dict[str, Any]) -> str | None:
+    """The pretrained text encoder the recipe names (``model.text.pretrained``), if any."""
+    text = (config.get("model") or {}).get("text") or {}
+    return text.get("pretrained") or None
+
+
 def prepare_tokenizer(config: dict[str, Any], samples: list[Any], run_dir: Path) -> Any:
-    """The run's tokenizer: ``run_dir/tokenizer`` if it exists (resume), a given folder, or BPE trained here.
+    """The run's tokenizer: ``run_dir/tokenizer`` if it exists (resume), a given folder, the pretrained text
+    encoder's own tokenizer (``model.text.pretrained``), or BPE trained here on the captions.
 
     Only rank 0 trains and saves; the others wait and load the saved files, so every rank has the same vocabulary.
     """
@@ -71,8 +78,13 @@ def prepare_tokenizer(config: dict[str, Any], samples: list[Any], run_dir: Path)
     if not (folder / "tokenizer.json").exists():
         if distributed.is_main_process():
             source = config["tokenizer"].get("path")
+            encoder = pretrained_text_source(config)
             if source:
                 tokenizer = Tokenizer.load(source)
+            elif encoder:
+                from vlmkit.backends.hf_text_tower import resolve_source
+
+                tokenizer = Tokenizer.load(resolve_source(encoder))  # BERT's [CLS]/[SEP] become bos/eos
             else:
                 captions = (caption for sample in samples for caption in sample.captions)
                 tokenizer = train_bpe(captions, vocab_size=int(config["tokenizer"]["vocab_size"]))
@@ -82,7 +94,10 @@ def prepare_tokenizer(config: dict[str, Any], samples: list[Any], run_dir: Path)
 
 
 def build_training_model(config: dict[str, Any], tokenizer: Any, seed: int) -> Any:
-    """A fresh model from the recipe, its text vocabulary sized to the tokenizer; same weights on every rank."""
+    """A fresh model from the recipe, its text vocabulary sized to the tokenizer; same weights on every rank.
+
+    A pretrained text encoder keeps its own vocabulary (the model checks that the tokenizer's ids fit it).
+    """
     from vlmkit.registry import build_model
 
     model_config = dict(config["model"])
