@@ -78,12 +78,19 @@ def shortest_side_size(width: int, height: int, size: int) -> tuple[int, int]:
     return int(size * width / height), size
 
 
-def center_crop_offsets(width: int, height: int, size: int) -> tuple[int, int]:
-    """torchvision's CenterCrop offsets (rounded half-to-even like Python's round).
+CROP_OFFSETS = ("round", "floor")
+
+
+def center_crop_offsets(width: int, height: int, size: int, mode: str = "round") -> tuple[int, int]:
+    """Centre-crop offsets: ``round`` as torchvision's CenterCrop (half-to-even, like Python's round; open_clip),
+    ``floor`` as Hugging Face image processors (``(side - size) // 2``). They differ by one pixel when the
+    margin is odd.
 
     Returns:
         (top, left).
     """
+    if mode == "floor":
+        return (height - size) // 2, (width - size) // 2
     return int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
 
 
@@ -105,6 +112,7 @@ class ImageTransform:
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"
+    crop_offset: str = "round"  # round (torchvision, open_clip) | floor (Hugging Face processors)
 
     def __post_init__(self) -> None:
         # Lists come back from JSON; tuples keep the dataclass hashable-looking and comparable.
@@ -126,6 +134,8 @@ class ImageTransform:
             raise ValueError(
                 f"resize_mode {self.resize_mode!r} unknown; use one of {list(_RESIZE_MODES)}"
             )
+        if self.crop_offset not in CROP_OFFSETS:
+            raise ValueError(f"crop_offset {self.crop_offset!r} unknown; use one of {list(CROP_OFFSETS)}")
         low, high = self.crop_scale
         if not 0 < low <= high <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
@@ -154,7 +164,7 @@ class ImageTransform:
         new_width, new_height = shortest_side_size(image.width, image.height, size)
         if (new_width, new_height) != image.size:
             image = image.resize((new_width, new_height), resample)
-        top, left = center_crop_offsets(new_width, new_height, size)
+        top, left = center_crop_offsets(new_width, new_height, size, self.crop_offset)
         return image.crop((left, top, left + size, top + size))
 
     def to_tensor(self, image: Image.Image) -> torch.Tensor:

@@ -42,6 +42,15 @@ class PreprocessConfig:
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
     resize_mode: str = "shortest"
     interpolation: str = "bicubic"
+    crop_offset: str = "round"  # round (torchvision, open_clip) | floor (Hugging Face processors)
+
+    def image_transform(self, image_size: int, *, train: bool = False) -> Any:
+        """The ``ImageTransform`` these settings describe."""
+        from vlmkit.data.transforms import ImageTransform
+
+        return ImageTransform(image_size=image_size, mean=tuple(self.mean), std=tuple(self.std), train=train,
+                              interpolation=self.interpolation, resize_mode=self.resize_mode,
+                              crop_offset=self.crop_offset)
 
 
 @dataclass
@@ -169,11 +178,7 @@ class ContrastiveModel(nn.Module, PretrainedMixin):
 
     @property
     def image_transform(self) -> Any:
-        from vlmkit.data.transforms import ImageTransform
-
-        pre = self.config.preprocess
-        return ImageTransform(image_size=self.config.vision.image_size, mean=tuple(pre.mean), std=tuple(pre.std),
-                              train=False, interpolation=pre.interpolation, resize_mode=pre.resize_mode)
+        return self.config.preprocess.image_transform(self.config.vision.image_size)
 
     # capabilities ---------------------------------------------------------------------------------------
     def preprocess(self, images: Sequence[Any]) -> torch.Tensor:

@@ -90,12 +90,12 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
     model.to(runtime.device)
     optimizer = build_optimizer(model, tcfg)
 
-    from vlmkit.data import Collator, ImageTextDataset, ImageTransform
+    from dataclasses import replace
 
-    pre = model.config.preprocess
-    transform = ImageTransform(image_size=model.config.vision.image_size, mean=tuple(pre.mean), std=tuple(pre.std),
-                               train=bool(dcfg["augment"]), crop_scale=tuple(dcfg["crop_scale"]),
-                               interpolation=pre.interpolation, resize_mode=pre.resize_mode)
+    from vlmkit.data import Collator, ImageTextDataset
+
+    transform = replace(model.config.preprocess.image_transform(model.config.vision.image_size),
+                        train=bool(dcfg["augment"]), crop_scale=tuple(dcfg["crop_scale"]))
     dataset = ImageTextDataset(samples, transform, seed=seed, on_bad_sample=dcfg["on_bad_sample"],
                                max_pixels=int(dcfg["max_pixels"]))
 
