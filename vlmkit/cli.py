@@ -13,6 +13,10 @@ EPILOG = """examples:
   torchrun --nproc_per_node=2 -m vlmkit train --recipe clip-tiny --data train.csv --out runs/ddp
   vlmkit eval zeroshot --model runs/clip --data data/val/captions.csv --classes data/val/classes.txt
   vlmkit eval retrieval --model runs/clip --data data/val/coco.json --json
+  vlmkit embed --model runs/clip --images photos/ --out photos.npy
+  vlmkit classify cat.jpg --model hf:openai/clip-vit-base-patch32 --labels cat,dog,car
+  vlmkit caption photo.jpg --model path/to/blip ; vlmkit ask photo.jpg "what color is the car?" --model path/to/vilt
+  vlmkit convert hf:openai/clip-vit-base-patch32 --to native --out models/clip-b32
   vlmkit demo --out demo
 """
 
@@ -47,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a recipe value, e.g. --set train.steps=500 --set data.caption_key=text")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--init", metavar="MODEL",
+                       help="fine-tune this model instead of a fresh one (native folder or run, Hugging Face CLIP "
+                            "folder, hf:REPO_ID, open_clip:ARCH:CHECKPOINT); its config replaces the recipe's "
+                            "model section")
     train.add_argument("--on-bad-sample", choices=["skip", "error"],
                        help="skip (count and report) or stop at the first undecodable sample")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -64,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_arguments(retrieval)
     retrieval.set_defaults(func=cmd_retrieval)
 
+    from vlmkit.cli_use import add_commands
+
+    add_commands(commands)
+
     recipes = commands.add_parser("recipes", help="list the built-in recipes")
     recipes.set_defaults(func=cmd_recipes)
 
@@ -80,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model folder or run folder")
+    from vlmkit.cli_use import MODEL_HELP
+
+    parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument("--data", required=True, help="CSV/TSV/JSONL, COCO JSON, shards or image folder")
     parser.add_argument("--image-key", default="image")
     parser.add_argument("--caption-key", default="caption")
@@ -110,6 +124,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.on_bad_sample:
         overrides.append(f"data.on_bad_sample={args.on_bad_sample}")
+    if args.init:
+        overrides.append(f"train.init={args.init}")
     saved = Path(args.out) / "config.yaml"
     config = load_config(saved if args.resume and saved.exists() else args.recipe, overrides)
     try:
@@ -211,7 +227,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, KeyError)
+# ImportError: an optional extra is missing, and the message says which to install.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, KeyError,
+                                                ImportError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

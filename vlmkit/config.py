@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
         "max_pixels": 89_478_485,
     },
     "train": {
+        "init": None,  # start from this model (native folder/run, Hugging Face CLIP, hf:ID, open_clip:ARCH:FILE)
         "steps": 1000,
         "minutes": None,  # a time budget: with steps: null the schedule is fitted to it; otherwise a cap
         "batch_size": 128,  # global batch per optimizer step (split across processes and accumulation)

@@ -5,6 +5,8 @@ from typing import Any, Sequence
 
 import torch
 
+from vlmkit.models.scoring import ContrastiveScoring
+
 
 def as_image_list(images: Any) -> list[Any]:
     """One PIL image or a sequence of them -> a list of RGB PIL images."""
@@ -51,3 +53,27 @@ def require_transformers() -> Any:
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise ImportError("Hugging Face checkpoints need transformers: pip install 'vlmkit[hf]'") from error
     return transformers
+
+
+class ExternalModel:
+    """What every adapter of an external checkpoint shares: it is always in inference mode (``eval``/``train``
+    are accepted so code written for native ``nn.Module`` models runs unchanged)."""
+
+    training = False
+    name = ""
+
+    def eval(self) -> "ExternalModel":
+        return self
+
+    def train(self, mode: bool = True) -> "ExternalModel":
+        if mode:
+            raise ValueError(f"{self.name or type(self).__name__} is an external checkpoint used for inference; "
+                             "convert it to a native model (vlmkit convert) to train it")
+        return self
+
+
+class ContrastiveAdapter(ContrastiveScoring, ExternalModel):
+    """Shared by contrastive adapters: subclasses give ``encode_image``, ``encode_text``, ``logit_parameters``."""
+
+    capabilities = ("encode_image", "encode_text", "score")
+    architecture = "clip"  # or "siglip": how scores become probabilities (softmax or sigmoid)

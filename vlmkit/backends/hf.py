@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from vlmkit.backends.common import as_image_list, as_text_list, require_transformers
+from vlmkit.backends.common import ContrastiveAdapter, as_image_list, as_text_list, require_transformers
 
 CONTRASTIVE_TYPES = ("clip", "siglip", "siglip2")
 
@@ -55,15 +55,24 @@ def _features(output: Any) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-class HFContrastive:
+class HFImageTransform:
+    """PIL image -> [3, S, S] through a Hugging Face image processor (picklable for DataLoader workers)."""
+
+    def __init__(self, image_processor: Any) -> None:
+        self.image_processor = image_processor
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        return self.image_processor(as_image_list(image), return_tensors="pt")["pixel_values"][0]
+
+
+class HFContrastive(ContrastiveAdapter):
     """A transformers CLIP or SigLIP with its own processor. Capabilities: ``encode_image``, ``encode_text``,
     ``score`` (cosine similarities) and ``logits`` (the model's own scaled logits)."""
-
-    capabilities = ("encode_image", "encode_text", "score")
 
     def __init__(self, model: Any, processor: Any, name: str = "") -> None:
         self.model, self.processor, self.name = model.eval(), processor, name
         self.model_type = model.config.model_type
+        self.architecture = "clip" if self.model_type == "clip" else "siglip"
         # SigLIP was trained on text padded to its full length: its processor pads to max_length, and so do we.
         self.pad_to_max = self.model_type != "clip"
         self.context_length = model.config.text_config.max_position_embeddings
@@ -85,6 +94,10 @@ class HFContrastive:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    @property
+    def image_transform(self) -> HFImageTransform:
+        return HFImageTransform(self.processor.image_processor)
 
     @property
     def tokenizer(self) -> Any:
@@ -122,14 +135,6 @@ class HFContrastive:
         features = _features(self.model.get_text_features(**inputs))
         return torch.nn.functional.normalize(features.float(), dim=-1)
 
-    @torch.no_grad()
-    def score(self, images: Any, texts: Any) -> torch.Tensor:
-        """Cosine similarity of every image with every text: [N_images, N_texts]."""
-        return self.encode_image(images) @ self.encode_text(texts).t()
-
-    @torch.no_grad()
-    def logits(self, images: Any, texts: Any) -> torch.Tensor:
-        """The model's ``logits_per_image``: exp(logit_scale) x cosine (+ logit_bias for SigLIP)."""
-        logits = self.model.logit_scale.exp().float() * self.score(images, texts)
+    def logit_parameters(self) -> tuple[float, float | None]:
         bias = getattr(self.model, "logit_bias", None)
-        return logits + bias.float() if bias is not None else logits
+        return float(self.model.logit_scale.exp()), (float(bias) if bias is not None else None)

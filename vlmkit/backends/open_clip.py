@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
-from vlmkit.backends.common import as_image_list, as_text_list
+from vlmkit.backends.common import ContrastiveAdapter, as_image_list, as_text_list
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -106,13 +106,13 @@ def clip_bpe_tokenizer(path: str | Path | None = None) -> Any:
     return Tokenizer(hf.backend_tokenizer, bos_token=BOS, eos_token=EOS, pad_token=EOS)
 
 
-class OpenClipContrastive:
+class OpenClipContrastive(ContrastiveAdapter):
     """An open_clip CLIP through open_clip itself. Capabilities: ``encode_image``, ``encode_text``, ``score``."""
-
-    capabilities = ("encode_image", "encode_text", "score")
 
     def __init__(self, model: Any, preprocess: Any, tokenizer: Any, name: str) -> None:
         self.model, self.image_preprocess, self.tokenizer, self.name = model.eval(), preprocess, tokenizer, name
+        self.image_transform = preprocess
+        self.architecture = "siglip" if getattr(model, "logit_bias", None) is not None else "clip"
 
     @classmethod
     def from_spec(cls, spec: str, *, device: str | torch.device | None = None) -> "OpenClipContrastive":
@@ -151,13 +151,6 @@ class OpenClipContrastive:
             texts = self.tokenizer(as_text_list(texts))
         return self.model.encode_text(texts.to(self.device), normalize=True).float()
 
-    @torch.no_grad()
-    def score(self, images: Any, texts: Any) -> torch.Tensor:
-        return self.encode_image(images) @ self.encode_text(texts).t()
-
-    @torch.no_grad()
-    def logits(self, images: Any, texts: Any) -> torch.Tensor:
-        """The model's own image-text logits [N_images, N_texts]: scale x cosine (+ bias when it has one)."""
-        logits = self.model.logit_scale.exp().float() * self.score(images, texts)
+    def logit_parameters(self) -> tuple[float, float | None]:
         bias = getattr(self.model, "logit_bias", None)
-        return logits + bias.float() if bias is not None else logits
+        return float(self.model.logit_scale.exp()), (float(bias) if bias is not None else None)

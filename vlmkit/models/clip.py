@@ -16,6 +16,7 @@ from torch import nn
 
 from vlmkit import losses
 from vlmkit.models.pretrained import PretrainedMixin
+from vlmkit.models.scoring import ContrastiveScoring
 from vlmkit.modules import ProjectionHead, TextConfig, TextTransformer, VisionConfig, VisionTransformer
 
 LOSSES = {"clip": "infonce", "siglip": "sigmoid"}
@@ -99,7 +100,7 @@ class ContrastiveConfig:
         return cls(**data)
 
 
-class ContrastiveModel(nn.Module, PretrainedMixin):
+class ContrastiveModel(ContrastiveScoring, nn.Module, PretrainedMixin):
     """CLIP / SigLIP. Capabilities: ``encode_image``, ``encode_text``, ``score``, ``loss``."""
 
     def __init__(self, config: ContrastiveConfig, tokenizer: Any = None, *,
@@ -206,6 +207,7 @@ class ContrastiveModel(nn.Module, PretrainedMixin):
             input_ids, attention_mask = input_ids[:, :longest], attention_mask[:, :longest]
         return F.normalize(self.text_projection(self.text(input_ids, attention_mask)), dim=-1)
 
+    @torch.no_grad()
     def encode_image(self, images: Any) -> torch.Tensor:
         """PIL image(s) or a preprocessed tensor [B, 3, S, S] -> L2-normalised float32 embeddings [B, D]."""
         if not isinstance(images, torch.Tensor):
@@ -214,6 +216,7 @@ class ContrastiveModel(nn.Module, PretrainedMixin):
             images = images.unsqueeze(0)
         return self.image_features(images.to(self.device, self.dtype)).float()
 
+    @torch.no_grad()
     def encode_text(self, texts: Any, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """String(s) or token ids [B, L] (+ mask) -> L2-normalised float32 embeddings [B, D]."""
         if isinstance(texts, str):
@@ -224,10 +227,10 @@ class ContrastiveModel(nn.Module, PretrainedMixin):
             attention_mask = torch.ones_like(texts, dtype=torch.bool)
         return self.text_features(texts.to(self.device), attention_mask.to(self.device)).float()
 
-    @torch.no_grad()
-    def score(self, images: Any, texts: Any) -> torch.Tensor:
-        """Cosine similarity of every image with every text: [N_images, N_texts]."""
-        return self.encode_image(images) @ self.encode_text(texts).t()
+    def logit_parameters(self) -> tuple[float, float | None]:
+        """(exp(logit_scale), logit_bias or None): how cosine scores become the loss's logits."""
+        bias = float(self.logit_bias) if self.logit_bias is not None else None
+        return float(self.logit_scale.exp()), bias
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

@@ -19,7 +19,7 @@ from vlmkit.files import atomic_write_text
 from vlmkit.train import checkpoint as ckpt
 from vlmkit.train.optim import build_optimizer, learning_rate, set_learning_rate, warmup_steps
 from vlmkit.train.step import optimizer_step
-from vlmkit.train.setup import (build_training_model, data_workers, load_training_samples,
+from vlmkit.train.setup import (build_training_model, data_workers, load_initial_model, load_training_samples,
                                 prepare_tokenizer, resolve_precision, setup_runtime)
 from vlmkit.train.validate import Validator
 
@@ -82,9 +82,10 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
     run_dir.mkdir(parents=True, exist_ok=True)
 
     samples = load_training_samples(data, dcfg)
-    tokenizer = prepare_tokenizer(config, samples, run_dir)
     seed = int(tcfg["seed"])
-    model = build_training_model(config, tokenizer, seed)
+    initial = load_initial_model(config) if tcfg.get("init") else None
+    tokenizer = prepare_tokenizer(config, samples, run_dir, initial)
+    model = initial if initial is not None else build_training_model(config, tokenizer, seed)
     if tcfg["precision"] == "bf16":
         model.to(torch.bfloat16)
     model.to(runtime.device)

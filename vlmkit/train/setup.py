@@ -66,9 +66,36 @@ def pretrained_text_source(config: dict[str, Any]) -> str | None:
     return text.get("pretrained") or None
 
 
-def prepare_tokenizer(config: dict[str, Any], samples: list[Any], run_dir: Path) -> Any:
-    """The run's tokenizer: ``run_dir/tokenizer`` if it exists (resume), a given folder, the pretrained text
-    encoder's own tokenizer (``model.text.pretrained``), or BPE trained here on the captions.
+def load_initial_model(config: dict[str, Any]) -> Any:
+    """The model ``train.init`` names, as a native model to fine-tune; the run's ``model`` section becomes its
+    config (so the saved config.yaml describes what is trained). Hugging Face and open_clip CLIPs are converted."""
+    spec = str(config["train"]["init"])
+    if spec.startswith("open_clip:"):
+        from vlmkit.backends.clip_convert import native_from_open_clip
+        from vlmkit.backends.open_clip import parse_spec
+
+        model = native_from_open_clip(*parse_spec(spec))
+    else:
+        from vlmkit.backends.hf import is_hf_folder, resolve_repo
+        from vlmkit.models.hub import load_native, resolve_model_dir
+
+        directory = resolve_repo(spec[3:]) if spec.startswith("hf:") else resolve_model_dir(spec)
+        if is_hf_folder(directory):
+            from vlmkit.backends.clip_convert import native_from_hf
+
+            model = native_from_hf(directory)
+        else:
+            model = load_native(directory)
+    if model.tokenizer is None:
+        raise ValueError(f"train.init {spec} has no tokenizer files; a model to fine-tune needs its tokenizer")
+    config["model"] = {"architecture": model.architecture, **model.config_dict()}
+    return model.float().train()
+
+
+def prepare_tokenizer(config: dict[str, Any], samples: list[Any], run_dir: Path, initial: Any = None) -> Any:
+    """The run's tokenizer: ``run_dir/tokenizer`` if it exists (resume), the initial model's (``train.init``),
+    a given folder, the pretrained text encoder's own tokenizer (``model.text.pretrained``), or BPE trained here
+    on the captions.
 
     Only rank 0 trains and saves; the others wait and load the saved files, so every rank has the same vocabulary.
     """
@@ -79,7 +106,9 @@ def prepare_tokenizer(config: dict[str, Any], samples: list[Any], run_dir: Path)
         if distributed.is_main_process():
             source = config["tokenizer"].get("path")
             encoder = pretrained_text_source(config)
-            if source:
+            if initial is not None:
+                tokenizer = initial.tokenizer
+            elif source:
                 tokenizer = Tokenizer.load(source)
             elif encoder:
                 from vlmkit.backends.hf_text_tower import resolve_source
