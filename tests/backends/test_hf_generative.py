@@ -353,3 +353,41 @@ def test_cuda_matches_cpu(vilt_folder, llava_folder, images):
     torch.testing.assert_close(cuda.logits(images, "what?"), cpu.logits(images, "what?"), atol=1e-3, rtol=1e-3)
     generator = ImageTextToText.from_folder(llava_folder, device="cuda")
     assert len(generator.answer(images, "what is it?", max_new_tokens=4)) == 2
+
+
+# The commands, end to end ------------------------------------------------------------------------------------
+def run_cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "vlmkit", *args], capture_output=True, text=True, timeout=300,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "TOKENIZERS_PARALLELISM": "false"})
+
+
+@pytest.fixture(scope="module")
+def image_paths(images, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    paths = []
+    for index, image in enumerate(images):
+        image.save(folder / f"{index}.png")
+        paths.append(str(folder / f"{index}.png"))
+    return paths
+
+
+def test_caption_command_matches_the_adapter(blip_folder, images, image_paths):
+    expected = BlipCaptioner.from_folder(blip_folder).generate(images, max_new_tokens=8, num_beams=2)
+    result = run_cli("caption", *image_paths, "--model", str(blip_folder), "--max-new-tokens", "8",
+                     "--num-beams", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    assert [record["caption"] for record in json.loads(result.stdout)] == expected
+
+
+def test_ask_command_with_vqa_and_image_text_to_text_models(vilt_folder, llava_folder, images, image_paths):
+    question = "what color is it?"
+    for folder, adapter in ((vilt_folder, ViltAnswerer), (llava_folder, ImageTextToText)):
+        expected = adapter.from_folder(folder).answer(images[:1], question)
+        result = run_cli("ask", image_paths[0], question, "--model", str(folder), "--json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["answer"] == expected[0]
+    result = run_cli("caption", image_paths[0], "--model", str(vilt_folder))
+    assert result.returncode == 2 and "cannot caption images" in result.stderr
