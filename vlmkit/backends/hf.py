@@ -81,8 +81,8 @@ class HFContrastive(ContrastiveAdapter):
     def from_folder(cls, directory: str | Path, *, device: str | torch.device | None = None,
                     dtype: torch.dtype | None = None) -> "HFContrastive":
         transformers = require_transformers()
-        model = transformers.AutoModel.from_pretrained(directory, dtype=dtype or torch.float32)
-        processor = transformers.AutoProcessor.from_pretrained(directory)
+        model = transformers.AutoModel.from_pretrained(directory, dtype=dtype or torch.float32, local_files_only=True)
+        processor = transformers.AutoProcessor.from_pretrained(directory, local_files_only=True)
         if device is not None:
             model.to(device)
         return cls(model, processor, str(directory))

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from vlmkit.backends.common import as_image_list, broadcast_texts, require_transformers
+from vlmkit.backends.common import ExternalModel, as_image_list, broadcast_texts, require_transformers
 
 DTYPE_NAMES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
                "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
@@ -62,7 +62,7 @@ def decoding_kwargs(*, max_new_tokens: int, num_beams: int, do_sample: bool, top
     return kwargs
 
 
-class HFAdapter:
+class HFAdapter(ExternalModel):
     """Shared plumbing: loading from a folder, device/dtype, moving processor outputs onto the model."""
 
     auto_class = ""  # the transformers class that loads the weights
@@ -74,6 +74,7 @@ class HFAdapter:
                              f"got {type(processor).__name__}")
         self.model = model.eval()
         self.processor = processor
+        self.name = str(getattr(model, "name_or_path", "") or type(model).__name__)
 
     @classmethod
     def from_folder(cls, directory: str | Path, *, device: str | torch.device | None = None,
