@@ -43,6 +43,9 @@ def load_folder(directory: str | Path, *, device: str | torch.device | None = No
     """The right adapter for a Hugging Face model folder."""
     directory = Path(directory)
     config = json.loads((directory / "config.json").read_text())
+    if not any(directory.glob("*.safetensors")) and not any(directory.glob("*.bin")):
+        raise FileNotFoundError(f"{directory} has a config.json but no weights (*.safetensors or *.bin): download "
+                                f"the whole model folder (e.g. `hf download REPO_ID --local-dir {directory}`)")
     if config.get("model_type") in CONTRASTIVE_TYPES:
         return HFContrastive.from_folder(directory, device=device, dtype=dtype)
     from vlmkit.backends.hf_generative import load_generative

@@ -69,5 +69,6 @@ def _load_open_clip(spec: str, device: str | torch.device | None) -> Any:
         return open_clip.OpenClipContrastive.from_spec(spec, device=device)
     from vlmkit.backends.clip_convert import native_from_open_clip
 
+    open_clip.vocabulary_path()  # says what to install when open_clip's files are absent too
     model = native_from_open_clip(architecture, checkpoint)
     return model.to(device) if device is not None else model
