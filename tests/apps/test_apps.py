@@ -131,3 +131,18 @@ def test_convert_hf_to_native_fine_tune_and_back_to_transformers(hf_clip, synth_
     assert (back.encode_text(TEXTS) - tuned.encode_text(TEXTS)).abs().max() <= 1e-4
     result = run_cli("convert", str(run_dir), "--to", "open_clip", "--out", str(tmp_path / "x.bin"))
     assert result.returncode == 2 and ".safetensors" in result.stderr
+
+
+def test_evaluation_runs_on_an_external_checkpoint(hf_clip, heldout_data):
+    """eval zeroshot / retrieval take any model with the capabilities (here a transformers CLIP, whose
+    preprocessing runs in a DataLoader worker process)."""
+    from vlmkit.data import load_samples
+    from vlmkit.eval.retrieval import evaluate_retrieval
+    from vlmkit.eval.zeroshot import evaluate_zeroshot, read_classes
+
+    model = vlmkit.load(str(hf_clip))
+    samples = load_samples(str(heldout_data / "captions.csv"))
+    result = evaluate_zeroshot(model, samples, read_classes(heldout_data / "classes.txt"), batch_size=16, workers=1)
+    assert 0.0 <= result.metrics["acc1"] <= 1.0 and result.num_samples > 0
+    metrics = evaluate_retrieval(model, samples, batch_size=16, workers=1)
+    assert 0.0 <= metrics["image_retrieval_recall@1"] <= 1.0

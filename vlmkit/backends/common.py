@@ -55,6 +55,19 @@ def require_transformers() -> Any:
     return transformers
 
 
+class EvalImageTransform:
+    """A checkpoint's own PIL -> [3, S, S] preprocessing, shaped like vlmkit's ``ImageTransform`` in eval mode
+    (``train`` is False and the crop ``rng`` is ignored) so vlmkit's datasets and loaders can use it."""
+
+    train = False
+
+    def __init__(self, preprocess: Any) -> None:
+        self.preprocess = preprocess
+
+    def __call__(self, image: Any, rng: Any = None) -> torch.Tensor:
+        return self.preprocess(image)
+
+
 class ExternalModel:
     """What every adapter of an external checkpoint shares: it is always in inference mode (``eval``/``train``
     are accepted so code written for native ``nn.Module`` models runs unchanged)."""

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from vlmkit.backends.common import ContrastiveAdapter, as_image_list, as_text_list, require_transformers
+from vlmkit.backends.common import ContrastiveAdapter, EvalImageTransform, as_image_list, as_text_list, require_transformers
 
 CONTRASTIVE_TYPES = ("clip", "siglip", "siglip2")
 
@@ -58,7 +58,7 @@ def _features(output: Any) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-class HFImageTransform:
+class HFPixels:
     """PIL image -> [3, S, S] through a Hugging Face image processor (picklable for DataLoader workers)."""
 
     def __init__(self, image_processor: Any) -> None:
@@ -99,8 +99,8 @@ class HFContrastive(ContrastiveAdapter):
         return next(self.model.parameters()).dtype
 
     @property
-    def image_transform(self) -> HFImageTransform:
-        return HFImageTransform(self.processor.image_processor)
+    def image_transform(self) -> EvalImageTransform:
+        return EvalImageTransform(HFPixels(self.processor.image_processor))
 
     @property
     def tokenizer(self) -> Any:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
-from vlmkit.backends.common import ContrastiveAdapter, as_image_list, as_text_list
+from vlmkit.backends.common import ContrastiveAdapter, EvalImageTransform, as_image_list, as_text_list
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -111,7 +111,7 @@ class OpenClipContrastive(ContrastiveAdapter):
 
     def __init__(self, model: Any, preprocess: Any, tokenizer: Any, name: str) -> None:
         self.model, self.image_preprocess, self.tokenizer, self.name = model.eval(), preprocess, tokenizer, name
-        self.image_transform = preprocess
+        self.image_transform = EvalImageTransform(preprocess)
         self.architecture = "siglip" if getattr(model, "logit_bias", None) is not None else "clip"
 
     @classmethod
