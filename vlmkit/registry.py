@@ -11,6 +11,7 @@ from typing import Any
 MODELS: dict[str, str] = {
     "clip": "vlmkit.models.clip:ContrastiveModel",
     "siglip": "vlmkit.models.clip:ContrastiveModel",
+    "prefix_lm": "vlmkit.models.prefix_lm:PrefixLM",
 }
 
 

@@ -112,6 +112,11 @@ class Tokenizer:
             attention_mask[row, : len(ids)] = True
         return input_ids, attention_mask  # type: ignore[return-value]
 
+    def token_ids(self, text: str) -> list[int]:
+        """The ids of ``text`` alone: no bos/eos, no padding, no truncation."""
+        text, _ = repair_text(text)
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
         """Token ids [L] -> text, without bos/eos/pad or other special tokens."""
         if isinstance(ids, torch.Tensor):
@@ -215,11 +220,12 @@ def _special_tokens_from_files(folder: Path) -> dict[str, str]:
     return named
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> Tokenizer:
+def train_bpe(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2,
+              special_tokens: Sequence[str] = ()) -> Tokenizer:
     """Train a byte-level BPE tokenizer (NFC + lowercase, as CLIP) on ``texts``.
 
-    Special tokens: ``<|pad|>`` (id 0), ``<|startoftext|>`` (1), ``<|endoftext|>`` (2). The
-    same texts give the same tokenizer.
+    Special tokens: ``<|pad|>`` (id 0), ``<|startoftext|>`` (1), ``<|endoftext|>`` (2), then
+    ``special_tokens`` (e.g. a VLM's ``<image>``). The same texts give the same tokenizer.
     """
     backend = HFTokenizer(models.BPE())
     backend.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
@@ -229,7 +235,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int =
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=[PAD_TOKEN, BOS_TOKEN, EOS_TOKEN],
+        special_tokens=[PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, *special_tokens],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from vlmkit.files import atomic_path, atomic_write_text
@@ -15,10 +16,24 @@ WEIGHTS_NAME = "model.safetensors"
 
 
 def save_state_dict(state_dict: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> None:
-    """safetensors file written atomically (tensors made contiguous and moved to CPU)."""
-    tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in state_dict.items()}
+    """safetensors file written atomically (tensors made contiguous and moved to CPU). Tied weights are stored
+    once, the other names recorded as aliases in the metadata (:func:`load_state_dict_file` restores them)."""
+    kept, aliases = _without_tied_copies(state_dict)
+    tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in kept.items()}
+    metadata = {k: str(v) for k, v in (metadata or {}).items()}
+    if aliases:
+        metadata["aliases"] = json.dumps(aliases)
     with atomic_path(path) as temporary:
-        save_file(tensors, str(temporary), metadata={k: str(v) for k, v in (metadata or {}).items()})
+        save_file(tensors, str(temporary), metadata=metadata)
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a file written by :func:`save_state_dict`, tied aliases included."""
+    state = load_file(str(path))
+    with safe_open(str(path), framework="pt") as handle:
+        aliases = json.loads((handle.metadata() or {}).get("aliases", "{}"))
+    state.update({alias: state[name] for alias, name in aliases.items()})
+    return state
 
 
 class PretrainedMixin:
@@ -32,8 +47,8 @@ class PretrainedMixin:
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {name: tensor for name, tensor in self.state_dict().items()}  # type: ignore[attr-defined]
-        save_state_dict(state, directory / WEIGHTS_NAME, metadata={"format": "pt"})
+        save_state_dict(self.state_dict(), directory / WEIGHTS_NAME,  # type: ignore[attr-defined]
+                        metadata={"format": "pt"})
         tokenizer = getattr(self, "tokenizer", None)
         if tokenizer is not None:
             tokenizer.save(directory)
@@ -54,7 +69,7 @@ class PretrainedMixin:
         directory = Path(directory)
         config = read_config(directory)
         model = cls.from_saved_config(config, directory)
-        state = load_file(str(directory / WEIGHTS_NAME))
+        state = load_state_dict_file(directory / WEIGHTS_NAME)
         dtypes = {tensor.dtype for tensor in state.values() if tensor.is_floating_point()}
         if len(dtypes) == 1:
             model.to(next(iter(dtypes)))
@@ -69,6 +84,22 @@ class PretrainedMixin:
         if device is not None:
             model.to(device)
         return model.eval()
+
+
+def _without_tied_copies(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tied weights (e.g. a language model's output head and token embedding) are stored once; ``aliases`` maps
+    each dropped name to the stored one."""
+    kept: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[int, tuple[int, ...], tuple[int, ...]], str] = {}
+    for name, tensor in state.items():
+        key = (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()))
+        if tensor.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        kept[name] = tensor
+    return kept, aliases
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:

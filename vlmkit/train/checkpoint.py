@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from vlmkit.files import atomic_write_text
-from vlmkit.models.pretrained import save_state_dict
+from vlmkit.models.pretrained import load_state_dict_file, save_state_dict
 
 KEEP = 2
 
@@ -61,7 +60,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore model, optimizer and RNG state in place; returns the saved ``state.json``."""
-    state_dict = load_file(str(path / "model.safetensors"))
+    state_dict = load_state_dict_file(path / "model.safetensors")
     model.load_state_dict(state_dict, strict=True)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
     rng = torch.load(path / "rng.pt", weights_only=True)

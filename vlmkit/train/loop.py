@@ -20,7 +20,7 @@ from vlmkit.train import checkpoint as ckpt
 from vlmkit.train.optim import build_optimizer, learning_rate, set_learning_rate, warmup_steps
 from vlmkit.train.step import optimizer_step
 from vlmkit.train.setup import (build_training_model, data_workers, load_initial_model, load_training_samples,
-                                prepare_tokenizer, resolve_precision, setup_runtime)
+                                prepare_tokenizer, resolve_precision, setup_runtime, training_collator)
 from vlmkit.train.validate import Validator
 
 CALIBRATION_STEPS = 12  # steps timed to fit the schedule to a time budget
@@ -93,7 +93,7 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
 
     from dataclasses import replace
 
-    from vlmkit.data import Collator, ImageTextDataset
+    from vlmkit.data import ImageTextDataset
 
     transform = replace(model.config.preprocess.image_transform(model.config.vision.image_size),
                         train=bool(dcfg["augment"]), crop_scale=tuple(dcfg["crop_scale"]))
@@ -121,7 +121,7 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
     workers = data_workers(dcfg)
     loader = torch.utils.data.DataLoader(
         EpochIndexed(dataset), batch_sampler=sampler, num_workers=workers,
-        collate_fn=Collator(tokenizer, model.config.text.context_length),
+        collate_fn=training_collator(model, tokenizer),
         pin_memory=runtime.device.type == "cuda", persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None)
     trained = DistributedDataParallel(model) if runtime.world_size > 1 else model

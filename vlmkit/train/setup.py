@@ -115,11 +115,25 @@ def prepare_tokenizer(config: dict[str, Any], samples: list[Any], run_dir: Path,
 
                 tokenizer = Tokenizer.load(resolve_source(encoder))  # BERT's [CLS]/[SEP] become bos/eos
             else:
+                from vlmkit.registry import model_class
+
                 captions = (caption for sample in samples for caption in sample.captions)
-                tokenizer = train_bpe(captions, vocab_size=int(config["tokenizer"]["vocab_size"]))
+                extra = getattr(model_class(config["model"].get("architecture", "clip")), "special_tokens", ())
+                tokenizer = train_bpe(captions, vocab_size=int(config["tokenizer"]["vocab_size"]),
+                                      special_tokens=extra)
             tokenizer.save(folder)
         distributed.barrier()
     return Tokenizer.load(folder)
+
+
+def training_collator(model: Any, tokenizer: Any) -> Any:
+    """Contrastive models get their captions tokenized in the DataLoader workers; other models tokenize their own
+    sequences (prompt + target) from the batch's texts."""
+    from vlmkit.data import Collator
+
+    if hasattr(model, "loss_from_features"):
+        return Collator(tokenizer, model.config.text.context_length)
+    return Collator(None)
 
 
 def build_training_model(config: dict[str, Any], tokenizer: Any, seed: int) -> Any:
@@ -127,12 +141,13 @@ def build_training_model(config: dict[str, Any], tokenizer: Any, seed: int) -> A
 
     A pretrained text encoder keeps its own vocabulary (the model checks that the tokenizer's ids fit it).
     """
-    from vlmkit.registry import build_model
+    from vlmkit.registry import build_model, model_class
 
     model_config = dict(config["model"])
-    text = dict(model_config.get("text", {}))
+    section = getattr(model_class(model_config.get("architecture", "clip")), "vocabulary_section", "text")
+    text = dict(model_config.get(section, {}))
     text["vocab_size"] = tokenizer.vocab_size
-    model_config["text"] = text
+    model_config[section] = text
     config["model"] = model_config  # the saved config records the real vocabulary size
     torch.manual_seed(seed)
     return build_model(model_config, tokenizer=tokenizer)

@@ -1,4 +1,5 @@
-"""One optimizer step of a model with ``forward(images, input_ids, mask) -> features`` and ``loss_from_features``.
+"""One optimizer step: contrastive models (``forward(images, input_ids, mask) -> features`` and
+``loss_from_features``) accumulate with a feature cache; every other model's ``forward(batch)`` returns its loss dict.
 
 Shared by the trainer and the throughput benchmark, so the benchmark measures exactly what training runs.
 """
@@ -15,17 +16,30 @@ from vlmkit.train.setup import autocast
 
 def optimizer_step(trained: torch.nn.Module, model: Any, optimizer: torch.optim.Optimizer, batch: dict[str, Any],
                    accum: int, clip: float, precision: str, device: torch.device) -> tuple[float, dict[str, float]]:
-    """One optimizer step over ``batch``, split into ``accum`` micro-batches.
+    """One optimizer step over ``batch``, split into ``accum`` micro-batches."""
+    optimizer.zero_grad(set_to_none=True)
+    if hasattr(model, "loss_from_features"):
+        outputs = _contrastive_backward(trained, model, batch, accum, precision, device)
+    else:
+        outputs = _generic_backward(trained, batch, accum, precision)
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], clip)
+    optimizer.step()
+    if hasattr(model, "after_optimizer_step"):
+        model.after_optimizer_step()
+    logs = {key: float(value) for key, value in outputs.items() if key != "loss" and value.numel() == 1}
+    return float(outputs["loss"].detach()), logs
 
-    With accumulation, features of all micro-batches are first computed without gradient, then each
+
+def _contrastive_backward(trained: torch.nn.Module, model: Any, batch: dict[str, Any], accum: int, precision: str,
+                          device: torch.device) -> dict[str, torch.Tensor]:
+    """With accumulation, features of all micro-batches are first computed without gradient, then each
     micro-batch is recomputed with gradient against the cached others, so the loss sees every negative of
-    the whole batch (open_clip's scheme), and the temperature gets its gradient once.
-    """
+    the whole batch (open_clip's scheme), and the temperature gets its gradient once."""
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     images = batch["images"].to(device, dtype, non_blocking=True)
     input_ids = batch["input_ids"].to(device, non_blocking=True)
     mask = batch["attention_mask"].to(device, non_blocking=True)
-    optimizer.zero_grad(set_to_none=True)
     if accum == 1 or len(images) < accum:
         with autocast(precision, device):
             outputs = model.loss_from_features(trained(images, input_ids, mask))
@@ -45,10 +59,33 @@ def optimizer_step(trained: torch.nn.Module, model: Any, optimizer: torch.optim.
                                                 for j in range(len(chunks))]) for key in fresh}
                     outputs = model.loss_from_features(features, temperature_grad=index == 0)
                 outputs["loss"].backward()
-    if clip > 0:
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], clip)
-    optimizer.step()
-    if hasattr(model, "after_optimizer_step"):
-        model.after_optimizer_step()
-    logs = {key: float(value) for key, value in outputs.items() if key != "loss" and value.numel() == 1}
-    return float(outputs["loss"].detach()), logs
+    return outputs
+
+
+def split_batch(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
+    """``parts`` micro-batches: tensors and lists with one entry per sample are split, anything else shared."""
+    size = len(batch["images"])
+    bounds = [round(i * size / parts) for i in range(parts + 1)]
+    micro = []
+    for start, stop in zip(bounds, bounds[1:]):
+        micro.append({key: value[start:stop] if isinstance(value, (torch.Tensor, list)) and len(value) == size
+                      else value for key, value in batch.items()})
+    return [part for part in micro if len(part["images"])]
+
+
+def _generic_backward(trained: torch.nn.Module, batch: dict[str, Any], accum: int,
+                      precision: str) -> dict[str, torch.Tensor]:
+    """Mean of the micro-batches' losses; gradients synchronised once, after the last micro-batch."""
+    parts = split_batch(batch, accum) if accum > 1 else [batch]
+    device = next(trained.parameters()).device
+    totals: dict[str, torch.Tensor] = {}
+    for index, part in enumerate(parts):
+        last = index == len(parts) - 1
+        context = trained.no_sync() if isinstance(trained, DistributedDataParallel) and not last else nullcontext()
+        with context:
+            with autocast(precision, device):
+                outputs = trained(part)
+            (outputs["loss"] / len(parts)).backward()
+        for key, value in outputs.items():
+            totals[key] = totals.get(key, 0) + value.detach() / len(parts)
+    return totals

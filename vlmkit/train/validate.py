@@ -25,12 +25,12 @@ class Validator:
 
     @torch.no_grad()
     def loss(self) -> float:
-        from vlmkit.data import Collator, ImageTextDataset, expand_captions
+        from vlmkit.data import ImageTextDataset, expand_captions
+        from vlmkit.train.setup import training_collator
 
         dataset = ImageTextDataset(expand_captions(self.samples), self.model.image_transform)
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=self.batch_size, collate_fn=Collator(self.model.tokenizer,
-                                                                     self.model.config.text.context_length))
+        loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size,
+                                             collate_fn=training_collator(self.model, self.model.tokenizer))
         was_training = self.model.training
         self.model.eval()
         total, count = 0.0, 0
@@ -46,9 +46,10 @@ class Validator:
 
     def run(self, step: int, run_dir: Path) -> dict[str, float]:
         metrics = {"val_loss": self.loss()}
-        retrieval = evaluate_retrieval(self.model, self.samples, batch_size=self.batch_size,
-                                       precision=self.precision)
-        metrics.update({f"val/{key}": float(value) for key, value in retrieval.items()})
+        if hasattr(self.model, "encode_text"):  # retrieval needs a contrastive model
+            retrieval = evaluate_retrieval(self.model, self.samples, batch_size=self.batch_size,
+                                           precision=self.precision)
+            metrics.update({f"val/{key}": float(value) for key, value in retrieval.items()})
         with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"step": step, **metrics}) + "\n")
         return metrics

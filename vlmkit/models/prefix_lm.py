@@ -1,0 +1,233 @@
+"""VLMs on a language model: a vision encoder, a connector, and a causal language model (Frozen, MiniGPT-4, LLaVA,
+BLIP-2, Qwen-VL style, by the connector's kind).
+
+The text sequence is ``[bos] <image> x M  prompt  target [eos]``: the tokenizer has an ``<image>`` token and the
+image embeddings (M of them, from the connector) replace the placeholders' embeddings. The loss covers only the
+target tokens and the end-of-text token (the caption, or the answer to a question).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlmkit.generation import DecodingConfig, DecodingState, generate
+from vlmkit.models.clip import PreprocessConfig
+from vlmkit.models.pretrained import PretrainedMixin
+from vlmkit.modules.connectors import Connector, ConnectorConfig
+from vlmkit.modules.language import CausalLM, LanguageConfig
+from vlmkit.modules.vision import VisionConfig, VisionTransformer
+
+IMAGE_TOKEN = "<image>"
+IGNORE = -100
+FREEZABLE = ("vision", "connector", "language")
+
+
+@dataclass
+class PrefixLMConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    language: LanguageConfig = field(default_factory=LanguageConfig)
+    freeze: list[str] = field(default_factory=list)  # any of vision, connector, language
+    caption_prompt: str = ""  # the prompt of captioning samples (BLIP uses "a picture of")
+    question_template: str = "question: {} answer:"  # how a VQA question becomes the prompt
+    max_text_length: int = 48  # prompt + target tokens kept per sample (longer targets are cut)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.freeze) - set(FREEZABLE))
+        if unknown:
+            raise ValueError(f"freeze takes {', '.join(FREEZABLE)}, not {unknown}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PrefixLMConfig":
+        data = {key: value for key, value in data.items() if key not in ("architecture", "vlmkit_version")}
+        nested = {"vision": VisionConfig, "connector": ConnectorConfig, "language": LanguageConfig,
+                  "preprocess": PreprocessConfig}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; known: {sorted(known)}")
+        for name, sub in nested.items():
+            if isinstance(data.get(name), dict):
+                sub_known = {f.name for f in fields(sub)}
+                bad = sorted(set(data[name]) - sub_known)
+                if bad:
+                    raise ValueError(f"unknown model.{name} keys {bad}; known: {sorted(sub_known)}")
+                values = {k: tuple(v) if k in ("mean", "std") else v for k, v in data[name].items()}
+                data[name] = sub(**values)
+        return cls(**data)
+
+
+class PrefixLM(nn.Module, PretrainedMixin):
+    """Capabilities: ``generate`` (captions), ``answer`` (VQA), ``loss``."""
+
+    architecture = "prefix_lm"
+    capabilities = ("generate", "answer", "loss")
+    special_tokens = (IMAGE_TOKEN,)  # the trainer adds these to the tokenizer it trains
+    vocabulary_section = "language"  # the config section whose vocab_size the trainer sets
+
+    def __init__(self, config: PrefixLMConfig, tokenizer: Any = None) -> None:
+        super().__init__()
+        self.config = config
+        self.visual = VisionTransformer(config.vision)
+        grid = config.vision.image_size // config.vision.patch_size
+        self.connector = Connector(config.connector, config.vision.width, config.language.width, grid)
+        self.language = CausalLM(config.language)
+        self.tokenizer = tokenizer
+        for name in config.freeze:
+            getattr(self, {"vision": "visual"}.get(name, name)).requires_grad_(False)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | PrefixLMConfig, tokenizer: Any = None) -> "PrefixLM":
+        if isinstance(config, dict):
+            config = PrefixLMConfig.from_dict(config)
+        return cls(config, tokenizer=tokenizer)
+
+    def config_dict(self) -> dict[str, Any]:
+        return asdict(self.config)
+
+    def train(self, mode: bool = True) -> "PrefixLM":
+        super().train(mode)
+        for name in self.config.freeze:  # frozen parts keep eval-mode behaviour
+            getattr(self, {"vision": "visual"}.get(name, name)).eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.language.token_embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.language.token_embedding.weight.dtype
+
+    @property
+    def image_transform(self) -> Any:
+        return self.config.preprocess.image_transform(self.config.vision.image_size)
+
+    @property
+    def num_image_tokens(self) -> int:
+        fixed = self.connector.num_tokens
+        return fixed if fixed is not None else self.config.vision.num_patches + int(self.visual.has_class_token)
+
+    def _require_tokenizer(self) -> Any:
+        if self.tokenizer is None:
+            raise RuntimeError("this model has no tokenizer attached; load a saved model or train one")
+        if self.tokenizer.backend.token_to_id(IMAGE_TOKEN) is None:
+            raise ValueError(f"the tokenizer has no {IMAGE_TOKEN} token; train with a prefix_lm recipe")
+        return self.tokenizer
+
+    # sequences --------------------------------------------------------------------------------------------
+    def _ids(self, text: str) -> list[int]:
+        text = text.replace(IMAGE_TOKEN, "")  # user text must not add image slots
+        return self.tokenizer.token_ids(text) if text.strip() else []
+
+    def sequences(self, prompts: Sequence[str], targets: Sequence[str] | None, *, left_pad: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token ids [B, L], attention mask [B, L] and loss labels [B, L] (IGNORE outside target + eos)."""
+        tokenizer = self._require_tokenizer()
+        image_id = tokenizer.backend.token_to_id(IMAGE_TOKEN)
+        rows, label_rows = [], []
+        budget = self.config.max_text_length
+        for index, prompt in enumerate(prompts):
+            prompt_ids = self._ids(prompt)[:budget]
+            head = [tokenizer.bos_id] + [image_id] * self.num_image_tokens + prompt_ids
+            if targets is None:
+                rows.append(head)
+                label_rows.append([IGNORE] * len(head))
+            else:
+                target_ids = self._ids(" " + targets[index].strip())[: max(budget - len(prompt_ids), 1)]
+                tail = target_ids + [tokenizer.eos_id]
+                rows.append(head + tail)
+                label_rows.append([IGNORE] * len(head) + tail)
+        length = max(len(row) for row in rows)
+        ids = torch.full((len(rows), length), tokenizer.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.bool)
+        labels = torch.full((len(rows), length), IGNORE, dtype=torch.long)
+        for index, (row, label_row) in enumerate(zip(rows, label_rows)):
+            span = slice(length - len(row), length) if left_pad else slice(0, len(row))
+            ids[index, span] = torch.tensor(row)
+            mask[index, span] = True
+            labels[index, span] = torch.tensor(label_row)
+        return ids, mask, labels
+
+    def embed(self, images: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings [B, L, W] with the connector's image embeddings in the ``<image>`` positions."""
+        image_embeddings = self.connector(self.visual.forward_tokens(images.to(self.device, self.dtype)))
+        embeddings = self.language.embed_tokens(input_ids)
+        image_id = self.tokenizer.backend.token_to_id(IMAGE_TOKEN)
+        slots = (input_ids == image_id).unsqueeze(-1)
+        return embeddings.masked_scatter(slots, image_embeddings.to(embeddings.dtype))
+
+    def prompts_of(self, batch: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """(prompts, targets) of a training batch: VQA questions and answers, or captions."""
+        if batch.get("questions") is not None:
+            prompts = [self.config.question_template.format(q) for q in batch["questions"]]
+            return prompts, list(batch["answers"])
+        captions = list(batch["captions"])
+        return [self.config.caption_prompt] * len(captions), captions
+
+    # capabilities ---------------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Training: ``batch`` has ``images`` [B, 3, S, S] and ``captions`` (or ``questions`` + ``answers``)."""
+        prompts, targets = self.prompts_of(batch)
+        ids, _, labels = self.sequences(prompts, targets, left_pad=False)
+        ids, labels = ids.to(self.device), labels.to(self.device)
+        logits = self.language(self.embed(batch["images"], ids))
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
+        return {"loss": loss, "target_tokens": (labels != IGNORE).sum().float()}
+
+    def loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return self(batch)
+
+    # decoding (see vlmkit.generation) ------------------------------------------------------------------------
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.language.embed_tokens(ids)
+
+    def new_cache(self) -> Any:
+        return self.language.new_cache()
+
+    def decode(self, embeddings: torch.Tensor, attention_mask: torch.Tensor, state: DecodingState) -> torch.Tensor:
+        return self.language(embeddings, attention_mask, cache=state.cache)
+
+    def preprocess(self, images: Any) -> torch.Tensor:
+        from vlmkit.backends.common import as_image_list
+
+        if isinstance(images, torch.Tensor):
+            return images if images.dim() == 4 else images.unsqueeze(0)
+        transform = self.image_transform
+        return torch.stack([transform(image) for image in as_image_list(images)])
+
+    @torch.no_grad()
+    def generate_from_prompts(self, images: Any, prompts: Sequence[str], **decoding: Any) -> list[str]:
+        pixels = self.preprocess(images)
+        if len(prompts) != len(pixels):
+            raise ValueError(f"got {len(prompts)} prompts for {len(pixels)} images")
+        ids, mask, _ = self.sequences(prompts, None, left_pad=True)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        state = DecodingState(prefix=self.embed(pixels, ids), prefix_mask=mask)
+        config = DecodingConfig(**decoding)
+        tokenizer = self._require_tokenizer()
+        outputs = generate(self, state, config, stop_ids=[tokenizer.eos_id], pad_id=tokenizer.pad_id)
+        return [tokenizer.decode(row) for row in outputs]
+
+    def generate(self, images: Any, prompt: str | Sequence[str] | None = None, **decoding: Any) -> list[str]:
+        """One caption per image (the text after ``prompt``, default: the recipe's caption prompt)."""
+        from vlmkit.backends.common import broadcast_texts
+
+        pixels = self.preprocess(images)
+        prompts = broadcast_texts(prompt if prompt is not None else self.config.caption_prompt, len(pixels),
+                                  "prompts")
+        return self.generate_from_prompts(pixels, prompts, **decoding)
+
+    def answer(self, images: Any, questions: str | Sequence[str], **decoding: Any) -> list[str]:
+        """One answer per image (one question for all, or one per image)."""
+        from vlmkit.backends.common import broadcast_texts
+
+        pixels = self.preprocess(images)
+        prompts = [self.config.question_template.format(q) for q in broadcast_texts(questions, len(pixels))]
+        decoding.setdefault("max_new_tokens", 8)
+        return self.generate_from_prompts(pixels, prompts, **decoding)
