@@ -112,6 +112,15 @@ class Tokenizer:
             attention_mask[row, : len(ids)] = True
         return input_ids, attention_mask  # type: ignore[return-value]
 
+    def add_special_tokens(self, tokens: Sequence[str]) -> int:
+        """Add tokens the vocabulary lacks (e.g. a VLM's ``<image>``) as special tokens; returns how many were new."""
+        from tokenizers import AddedToken
+
+        new = [token for token in tokens if self._tokenizer.token_to_id(token) is None]
+        if new:
+            self._tokenizer.add_special_tokens([AddedToken(token, special=True) for token in new])
+        return len(new)
+
     def token_ids(self, text: str) -> list[int]:
         """The ids of ``text`` alone: no bos/eos, no padding, no truncation."""
         text, _ = repair_text(text)

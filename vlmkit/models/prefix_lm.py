@@ -8,6 +8,7 @@ target tokens and the end-of-text token (the caption, or the answer to a questio
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -22,6 +23,7 @@ from vlmkit.modules.language import CausalLM, LanguageConfig
 from vlmkit.modules.vision import VisionConfig, VisionTransformer
 
 IMAGE_TOKEN = "<image>"
+LANGUAGE_MODEL_DIR = "language_model"  # a saved model's copy of its pretrained language model's config.json
 IGNORE = -100
 FREEZABLE = ("vision", "connector", "language")
 
@@ -62,6 +64,16 @@ class PrefixLMConfig:
         return cls(**data)
 
 
+def build_language_model(config: LanguageConfig, saved: str | Path | None = None) -> nn.Module:
+    """vlmkit's own causal LM, or the pretrained Hugging Face LM ``config.pretrained`` (``saved``: a folder with its
+    config.json, for a saved model whose weights fill it)."""
+    if not config.pretrained:
+        return CausalLM(config)
+    from vlmkit.backends.hf_causal_lm import PretrainedCausalLM  # transformers enters only through backends
+
+    return PretrainedCausalLM.build(config.pretrained, vocab_size=config.vocab_size, saved_config=saved)
+
+
 class PrefixLM(nn.Module, PretrainedMixin):
     """Capabilities: ``generate`` (captions), ``answer`` (VQA), ``loss``."""
 
@@ -70,13 +82,14 @@ class PrefixLM(nn.Module, PretrainedMixin):
     special_tokens = (IMAGE_TOKEN,)  # the trainer adds these to the tokenizer it trains
     vocabulary_section = "language"  # the config section whose vocab_size the trainer sets
 
-    def __init__(self, config: PrefixLMConfig, tokenizer: Any = None) -> None:
+    def __init__(self, config: PrefixLMConfig, tokenizer: Any = None, *,
+                 saved_language_model: str | Path | None = None) -> None:
         super().__init__()
         self.config = config
         self.visual = VisionTransformer(config.vision)
         grid = config.vision.image_size // config.vision.patch_size
-        self.connector = Connector(config.connector, config.vision.width, config.language.width, grid)
-        self.language = CausalLM(config.language)
+        self.language = build_language_model(config.language, saved_language_model)
+        self.connector = Connector(config.connector, config.vision.width, self.language.width, grid)
         self.tokenizer = tokenizer
         for name in config.freeze:
             getattr(self, {"vision": "visual"}.get(name, name)).requires_grad_(False)
@@ -86,6 +99,18 @@ class PrefixLM(nn.Module, PretrainedMixin):
         if isinstance(config, dict):
             config = PrefixLMConfig.from_dict(config)
         return cls(config, tokenizer=tokenizer)
+
+    @classmethod
+    def from_saved_config(cls, config: dict[str, Any], directory: Path) -> "PrefixLM":
+        """A pretrained language model is rebuilt from the folder's copy of its config.json (weights follow)."""
+        saved = Path(directory) / LANGUAGE_MODEL_DIR
+        return cls(PrefixLMConfig.from_dict(config), saved_language_model=saved if saved.is_dir() else None)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        save_config = getattr(self.language, "save_config", None)
+        if save_config is not None:  # before config.json, which is written last and marks the folder complete
+            save_config(Path(directory) / LANGUAGE_MODEL_DIR)
+        return super().save_pretrained(directory)
 
     def config_dict(self) -> dict[str, Any]:
         return asdict(self.config)
@@ -98,11 +123,11 @@ class PrefixLM(nn.Module, PretrainedMixin):
 
     @property
     def device(self) -> torch.device:
-        return self.language.token_embedding.weight.device
+        return next(self.language.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.language.token_embedding.weight.dtype
+        return next(self.language.parameters()).dtype
 
     @property
     def image_transform(self) -> Any:

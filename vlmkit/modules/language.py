@@ -28,6 +28,7 @@ class LanguageConfig:
     tie_embeddings: bool = True
     cross_attention: bool = False  # every block also attends to a context (CoCa's multimodal decoder)
     context_width: int | None = None  # width of that context (default: width)
+    pretrained: str | None = None  # a local Hugging Face causal LM folder instead (its own shape; see backends)
 
     def __post_init__(self) -> None:
         if self.positions not in ("rope", "learned"):

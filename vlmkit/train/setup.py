@@ -94,8 +94,9 @@ def load_initial_model(config: dict[str, Any]) -> Any:
 
 def prepare_tokenizer(config: dict[str, Any], samples: list[Any], run_dir: Path, initial: Any = None) -> Any:
     """The run's tokenizer: ``run_dir/tokenizer`` if it exists (resume), the initial model's (``train.init``),
-    a given folder, the pretrained text encoder's own tokenizer (``model.text.pretrained``), or BPE trained here
-    on the captions.
+    a given folder, the pretrained text encoder's or language model's own tokenizer (``model.text.pretrained``,
+    ``model.language.pretrained``), or BPE trained here on the captions; the model's special tokens (a VLM's
+    ``<image>``) are added.
 
     Only rank 0 trains and saves; the others wait and load the saved files, so every rank has the same vocabulary.
     """
@@ -104,8 +105,12 @@ def prepare_tokenizer(config: dict[str, Any], samples: list[Any], run_dir: Path,
     folder = run_dir / "tokenizer"
     if not (folder / "tokenizer.json").exists():
         if distributed.is_main_process():
+            from vlmkit.registry import model_class
+
             source = config["tokenizer"].get("path")
             encoder = pretrained_text_source(config)
+            language = ((config.get("model") or {}).get("language") or {}).get("pretrained")
+            extra = getattr(model_class(config["model"].get("architecture", "clip")), "special_tokens", ())
             if initial is not None:
                 tokenizer = initial.tokenizer
             elif source:
@@ -114,13 +119,15 @@ def prepare_tokenizer(config: dict[str, Any], samples: list[Any], run_dir: Path,
                 from vlmkit.backends.hf_text_tower import resolve_source
 
                 tokenizer = Tokenizer.load(resolve_source(encoder))  # BERT's [CLS]/[SEP] become bos/eos
-            else:
-                from vlmkit.registry import model_class
+            elif language:
+                from vlmkit.backends.hf_causal_lm import resolve_folder
 
+                tokenizer = Tokenizer.load(resolve_folder(language))  # the language model's own tokenizer
+            else:
                 captions = (caption for sample in samples for caption in sample.captions)
-                extra = getattr(model_class(config["model"].get("architecture", "clip")), "special_tokens", ())
                 tokenizer = train_bpe(captions, vocab_size=int(config["tokenizer"]["vocab_size"]),
                                       special_tokens=extra)
+            tokenizer.add_special_tokens(extra)  # e.g. <image> for a VLM on a pretrained language model
             tokenizer.save(folder)
         distributed.barrier()
     return Tokenizer.load(folder)
