@@ -13,6 +13,8 @@ EPILOG = """examples:
   torchrun --nproc_per_node=2 -m vlmkit train --recipe clip-tiny --data train.csv --out runs/ddp
   vlmkit eval zeroshot --model runs/clip --data data/val/captions.csv --classes data/val/classes.txt
   vlmkit eval retrieval --model runs/clip --data data/val/coco.json --json
+  vlmkit eval captioning --results preds.json --annotations data/val/coco.json
+  vlmkit eval vqa --results answers.json --annotations data/val/vqa_annotations.json
   vlmkit embed --model runs/clip --images photos/ --out photos.npy
   vlmkit classify cat.jpg --model hf:openai/clip-vit-base-patch32 --labels cat,dog,car
   vlmkit caption photo.jpg --model path/to/blip ; vlmkit ask photo.jpg "what color is the car?" --model path/to/vilt
@@ -71,6 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     retrieval = evaluate.add_parser("retrieval", help="image<->text Recall@1/5/10, mean and median rank")
     _eval_arguments(retrieval)
     retrieval.set_defaults(func=cmd_retrieval)
+    captioning = evaluate.add_parser(
+        "captioning", help="BLEU-1..4, METEOR, ROUGE-L, CIDEr-D of captions (pycocoevalcap's numbers)",
+        description="Score captions as pycocoevalcap does (PTB tokenisation and METEOR run in Java when it is "
+                    "installed; SPICE is not available offline).")
+    _eval_results_arguments(captioning, "COCO results JSON: [{\"image_id\", \"caption\"}, ...]")
+    captioning.add_argument("--annotations", help="COCO captions JSON with the reference captions")
+    captioning.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves ~10 s of Java start-up)")
+    captioning.set_defaults(func=cmd_captioning)
+    vqa = evaluate.add_parser("vqa", help="official VQA accuracy, overall and per question/answer type")
+    _eval_results_arguments(vqa, "VQA results JSON: [{\"question_id\", \"answer\"}, ...]")
+    vqa.add_argument("--questions", help="VQAv2 questions JSON (optional: checks ids, gives question text)")
+    vqa.add_argument("--annotations", help="VQAv2 annotations JSON, or a VQA JSONL file with answers")
+    vqa.set_defaults(func=cmd_vqa)
 
     from vlmkit.cli_use import add_commands
 
@@ -105,6 +120,72 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--out", help="folder for the JSON result and plots")
     parser.add_argument("--json", action="store_true", help="print the result as JSON (CLIP_benchmark shape)")
+
+
+def _eval_results_arguments(parser: argparse.ArgumentParser, results_help: str) -> None:
+    from vlmkit.cli_use import MODEL_HELP
+
+    parser.add_argument("--results", help=results_help)
+    parser.add_argument("--model", help=f"generate with this model instead of reading --results ({MODEL_HELP})")
+    parser.add_argument("--data", help="images to generate for (with --model)")
+    parser.add_argument("--out", help="folder for the JSON result and the per-item scores")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON (CLIP_benchmark shape)")
+
+
+def _results_path(args: argparse.Namespace, what: str) -> str:
+    if args.results is None:
+        if args.model:
+            raise ValueError(f"generating {what} with --model comes with the generative models; for now score a "
+                             f"results file with --results")
+        raise ValueError("give --results (a predictions file) to score")
+    if not args.annotations:
+        raise ValueError("give --annotations with the ground truth")
+    return str(args.results)
+
+
+def _emit_scores(args: argparse.Namespace, task: str, metrics: dict[str, Any], extra: dict[str, Any],
+                 per_item: dict[str, Any], table: str) -> None:
+    from vlmkit.eval import benchmark_record, write_json
+
+    record = benchmark_record(task, str(args.model or args.results), str(args.annotations), metrics, extra=extra)
+    if args.out:
+        write_json(Path(args.out) / f"{task}.json", record)
+        write_json(Path(args.out) / f"{task}_per_item.json", {str(k): v for k, v in per_item.items()})
+    print(json.dumps(record, indent=2) if args.json else table)
+
+
+def cmd_captioning(args: argparse.Namespace) -> int:
+    from vlmkit.eval.captioning import evaluate_caption_files
+
+    result = evaluate_caption_files(_results_path(args, "captions"), args.annotations, meteor=not args.no_meteor)
+    extra = {"results": args.results, "num_images": result.num_images,
+             "num_unscored_images": result.num_unscored_images, "tokenizer": result.tokenizer,
+             "unavailable": result.unavailable}
+    lines = [f"{name:>10}: {value:.4f}" for name, value in result.metrics.items()]
+    lines += [f"{name:>10}: unavailable ({reason})" for name, reason in result.unavailable.items()]
+    lines.append(f"{'images':>10}: {result.num_images}" + (f" ({result.num_unscored_images} annotated images "
+                                                          "without a prediction not scored)"
+                                                          if result.num_unscored_images else ""))
+    lines += [f"note: {note}" for note in result.notes]
+    _emit_scores(args, "captioning", result.metrics, extra, result.per_image, "\n".join(lines))
+    return 0
+
+
+def cmd_vqa(args: argparse.Namespace) -> int:
+    from vlmkit.eval.vqa import evaluate_vqa_files
+
+    result = evaluate_vqa_files(_results_path(args, "answers"), args.annotations, args.questions)
+    extra = {"results": args.results, "num_questions": result.num_questions,
+             "num_unanswered": result.num_unanswered}
+    lines = [f"{'accuracy':>28}: {result.metrics['accuracy']:.2f}"]
+    for group, label in (("accuracy_per_answer_type", "answer type"), ("accuracy_per_question_type", "type")):
+        for name, value in result.metrics.get(group, {}).items():
+            lines.append(f"{label + ' ' + repr(name):>28}: {value:.2f}")
+    lines.append(f"{'questions':>28}: {result.num_questions}" + (f" ({result.num_unanswered} annotated questions "
+                                                                "without a prediction not scored)"
+                                                                if result.num_unanswered else ""))
+    _emit_scores(args, "vqa", result.metrics, extra, result.per_question, "\n".join(lines))
+    return 0
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

@@ -8,6 +8,8 @@ exercise each loader on the same images::
     out_dir/coco.json               COCO captions (file_name relative to out_dir)
     out_dir/metadata.jsonl          objects, bboxes, relations, counts, label, captions
     out_dir/classes.txt             the 30 "{color} {shape}" class names
+    out_dir/vqa_questions.json      VQAv2 questions about colour, shape, count, position, existence
+    out_dir/vqa_annotations.json    their VQAv2 annotations (10 identical answers, types; see scene_vqa)
     out_dir/shards/{00000..}.tar    img2dataset layout: {key}.png, {key}.txt, {key}.json
 
 Output is byte-identical for the same arguments (any worker count).
@@ -26,6 +28,7 @@ from typing import Iterator
 import numpy as np
 
 from ..files import atomic_write_bytes, temporary_path
+from .scene_vqa import question_rng, scene_questions, vqa_files
 from .scenes import (CLASS_NAMES, choose_captions, counts, layout_multi, layout_single,
                      multi_captions, relations, render, single_captions)
 
@@ -124,6 +127,7 @@ def generate(
     captions_per_image: int = 2,
     shard_size: int = 1000,
     workers: int | None = None,
+    vqa_questions_per_image: int = 3,
 ) -> dict:
     """Write ``n`` procedural scenes to ``out_dir`` in every supported format.
 
@@ -134,10 +138,12 @@ def generate(
         shard_size: images per tar shard.
         workers: rendering processes (default: CPU count; 1 = in-process). Output does not
             depend on it.
+        vqa_questions_per_image: questions per image in the VQA files (1-5; one is always an
+            existence question, "yes" for even image ids).
 
     Returns:
         A summary: paths written and counts (``n``, ``num_single``, ``num_multi``,
-        ``num_captions``, ``shards``).
+        ``num_captions``, ``num_vqa_questions``, ``shards``).
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -145,6 +151,8 @@ def generate(
         raise ValueError(f"captions_per_image must be 1-6, got {captions_per_image}")
     if not 0.0 <= single_fraction <= 1.0:
         raise ValueError(f"single_fraction must be in [0, 1], got {single_fraction}")
+    if not 1 <= vqa_questions_per_image <= 5:
+        raise ValueError(f"vqa_questions_per_image must be 1-5, got {vqa_questions_per_image}")
     if shard_size < 1 or image_size < 16:
         raise ValueError("shard_size must be >= 1 and image_size >= 16")
     image_dir = os.path.join(out_dir, "images")
@@ -164,6 +172,7 @@ def generate(
     csv_writer = csv.writer(csv_buffer, lineterminator="\n")
     csv_writer.writerow(["image", "caption", "label"])
     coco_images, coco_annotations, metadata_lines = [], [], []
+    vqa_asked, vqa_images = [], []
     shards = _ShardWriter(shard_dir, shard_size)
     workers = workers if workers is not None else (os.cpu_count() or 1)
     try:
@@ -178,6 +187,10 @@ def generate(
                     {"id": len(coco_annotations), "image_id": index, "caption": caption})
             coco_images.append({"id": index, "file_name": relative, "width": image_size,
                                 "height": image_size, "label": label})
+            # A separate per-image stream: the questions change nothing that was drawn for the scene.
+            vqa_asked.append(scene_questions(meta, question_rng(seed, index), want_yes=index % 2 == 0,
+                                             per_image=vqa_questions_per_image))
+            vqa_images.append(relative)
             meta_json = json.dumps(meta)
             metadata_lines.append(meta_json)
             shards.add(key, [("png", png), ("txt", meta["captions"][0].encode()),
@@ -192,6 +205,8 @@ def generate(
         "coco_json": os.path.join(out_dir, "coco.json"),
         "metadata_jsonl": os.path.join(out_dir, "metadata.jsonl"),
         "classes_txt": os.path.join(out_dir, "classes.txt"),
+        "vqa_questions_json": os.path.join(out_dir, "vqa_questions.json"),
+        "vqa_annotations_json": os.path.join(out_dir, "vqa_annotations.json"),
     }
     coco = {"info": {"description": f"vlmkit synthetic shapes, seed {seed}"},
             "images": coco_images, "annotations": coco_annotations}
@@ -199,6 +214,10 @@ def generate(
     atomic_write_bytes(paths["coco_json"], json.dumps(coco).encode())
     atomic_write_bytes(paths["metadata_jsonl"], ("\n".join(metadata_lines) + "\n").encode())
     atomic_write_bytes(paths["classes_txt"], ("\n".join(CLASS_NAMES) + "\n").encode())
+    vqa_questions, vqa_annotations = vqa_files(vqa_asked, vqa_images, seed=seed)
+    atomic_write_bytes(paths["vqa_questions_json"], json.dumps(vqa_questions).encode())
+    # Compact: ten answers per question make this the largest JSON file.
+    atomic_write_bytes(paths["vqa_annotations_json"], json.dumps(vqa_annotations, separators=(",", ":")).encode())
     return {
         "out_dir": out_dir,
         "images": image_dir,
@@ -209,6 +228,7 @@ def generate(
         "num_single": num_single,
         "num_multi": n - num_single,
         "num_captions": len(coco_annotations),
+        "num_vqa_questions": len(vqa_questions["questions"]),
         "image_size": image_size,
         "seed": seed,
     }
