@@ -149,3 +149,43 @@ def test_train_caption_save_load_and_commands(synth_data, tmp_path):
     run = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == model.generate([image], max_new_tokens=5)[0]
+
+
+def test_train_on_vqa_then_answer_and_evaluate_with_the_model(synth_data, tmp_path):
+    """VQAv2 files as training data (answers are the targets, questions the prompts), then `vlmkit ask` and
+    `vlmkit eval vqa / captioning --model` score what the model generates."""
+    import json
+
+    from vlmkit.config import load_config
+    from vlmkit.train import train
+    from vlmkit.train.setup import load_training_samples
+
+    samples = load_training_samples(synth_data / "vqa_questions.json",
+                                    {"vqa_annotations": str(synth_data / "vqa_annotations.json")})
+    assert samples and all(sample.meta["question"] for sample in samples)
+    overrides = ["model.vision.image_size=32", "model.vision.width=32", "model.vision.layers=1",
+                 "model.vision.heads=2", "model.language.width=32", "model.language.layers=1",
+                 "model.language.heads=2", "tokenizer.vocab_size=300", "train.steps=2", "train.batch_size=8",
+                 "train.warmup=1", "train.precision=fp32", "data.workers=0", "train.threads=1",
+                 f"data.vqa_annotations={synth_data / 'vqa_annotations.json'}"]
+    out = tmp_path / "vqa"
+    train(load_config("llava-tiny", overrides), data=synth_data / "vqa_questions.json", out=out, progress=False)
+    image = str(samples[0].image.path)
+    run = subprocess.run([sys.executable, "-m", "vlmkit", "ask", image, samples[0].meta["question"], "--model",
+                          str(out), "--json"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert isinstance(json.loads(run.stdout)["answer"], str)
+    run = subprocess.run([sys.executable, "-m", "vlmkit", "eval", "vqa", "--model", str(out), "--questions",
+                          str(synth_data / "vqa_questions.json"), "--annotations",
+                          str(synth_data / "vqa_annotations.json"), "--max-new-tokens", "3", "--batch-size", "64",
+                          "--out", str(tmp_path / "eval"), "--json"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    record = json.loads(run.stdout)
+    assert 0.0 <= record["metrics"]["accuracy"] <= 100.0
+    answers = json.loads((tmp_path / "eval" / "answers.json").read_text())
+    assert len(answers) == len(samples) and {"question_id", "answer"} <= set(answers[0])
+    run = subprocess.run([sys.executable, "-m", "vlmkit", "eval", "captioning", "--model", str(out),
+                          "--annotations", str(synth_data / "coco.json"), "--no-meteor", "--max-new-tokens", "4",
+                          "--batch-size", "64", "--json"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "CIDEr" in json.loads(run.stdout)["metrics"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -127,17 +128,40 @@ def _eval_results_arguments(parser: argparse.ArgumentParser, results_help: str) 
 
     parser.add_argument("--results", help=results_help)
     parser.add_argument("--model", help=f"generate with this model instead of reading --results ({MODEL_HELP})")
-    parser.add_argument("--data", help="images to generate for (with --model)")
-    parser.add_argument("--out", help="folder for the JSON result and the per-item scores")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per generation batch (with --model)")
+    parser.add_argument("--max-new-tokens", type=int, help="longest generated text (with --model)")
+    parser.add_argument("--num-beams", type=int, default=1, help="beam search width (with --model)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (with --model)")
+    parser.add_argument("--out", help="folder for the JSON result, the per-item scores and (with --model) the "
+                                      "predictions in the results format")
     parser.add_argument("--json", action="store_true", help="print the result as JSON (CLIP_benchmark shape)")
+
+
+def _model_predictions(args: argparse.Namespace, what: str, predict: Any) -> str:
+    """Generate with --model, write the predictions in the results format, and return the file's path."""
+    from vlmkit.cli_use import load_model
+    from vlmkit.data.report import BadSampleReport
+    from vlmkit.files import atomic_write_text
+
+    if not args.annotations:
+        raise ValueError("give --annotations with the ground truth (and the images to generate for)")
+    decoding = {"num_beams": args.num_beams} if args.num_beams > 1 else {}
+    if args.max_new_tokens:
+        decoding["max_new_tokens"] = args.max_new_tokens
+    report = BadSampleReport()
+    records = predict(load_model(args), batch_size=args.batch_size, progress=not args.json, report=report, **decoding)
+    if report:
+        print(report.summary(), file=sys.stderr)
+    folder = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="vlmkit-"))
+    path = folder / f"{what}.json"
+    atomic_write_text(path, json.dumps(records, indent=1, ensure_ascii=False) + "\n")
+    args.results = str(path)
+    return str(path)
 
 
 def _results_path(args: argparse.Namespace, what: str) -> str:
     if args.results is None:
-        if args.model:
-            raise ValueError(f"generating {what} with --model comes with the generative models; for now score a "
-                             f"results file with --results")
-        raise ValueError("give --results (a predictions file) to score")
+        raise ValueError("give --results (a predictions file) to score, or --model to generate them")
     if not args.annotations:
         raise ValueError("give --annotations with the ground truth")
     return str(args.results)
@@ -157,6 +181,13 @@ def _emit_scores(args: argparse.Namespace, task: str, metrics: dict[str, Any], e
 def cmd_captioning(args: argparse.Namespace) -> int:
     from vlmkit.eval.captioning import evaluate_caption_files
 
+    if args.model and args.results is None:
+        from vlmkit.data import load_samples
+        from vlmkit.eval.predict import predict_captions
+
+        samples = load_samples(args.annotations)
+        _model_predictions(args, "captions", lambda model, **kw: [
+            {"image_id": key, "caption": caption} for key, caption in predict_captions(model, samples, **kw).items()])
     result = evaluate_caption_files(_results_path(args, "captions"), args.annotations, meteor=not args.no_meteor)
     extra = {"results": args.results, "num_images": result.num_images,
              "num_unscored_images": result.num_unscored_images, "tokenizer": result.tokenizer,
@@ -174,6 +205,15 @@ def cmd_captioning(args: argparse.Namespace) -> int:
 def cmd_vqa(args: argparse.Namespace) -> int:
     from vlmkit.eval.vqa import evaluate_vqa_files
 
+    if args.model and args.results is None:
+        from vlmkit.data.vqa import load_vqa
+        from vlmkit.eval.predict import predict_answers
+
+        if not args.questions and not str(args.annotations).endswith(".jsonl"):
+            raise ValueError("give --questions (VQAv2 questions JSON, with the images) to answer them with --model")
+        questions = (load_vqa(args.questions, args.annotations) if args.questions else load_vqa(args.annotations))
+        _model_predictions(args, "answers", lambda model, **kw: [
+            {"question_id": key, "answer": answer} for key, answer in predict_answers(model, questions, **kw).items()])
     result = evaluate_vqa_files(_results_path(args, "answers"), args.annotations, args.questions)
     extra = {"results": args.results, "num_questions": result.num_questions,
              "num_unanswered": result.num_unanswered}

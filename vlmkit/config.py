@@ -20,7 +20,8 @@ DEFAULTS: dict[str, Any] = {
         "vocab_size": 4096,
     },
     "data": {
-        "format": "auto",  # auto | csv | tsv | jsonl | coco | wds | folder
+        "format": "auto",  # auto | csv | tsv | jsonl | coco | wds | folder (VQA question files are recognised)
+        "vqa_annotations": None,  # VQAv2 annotations JSON for a VQAv2 questions file given as --data
         "image_key": "image",
         "caption_key": "caption",
         "label_key": "label",

@@ -107,6 +107,7 @@ class ImageTextDataset(Dataset):
             "key": sample.key,
             "image": self.transform(image, crop_rng),
             "caption": caption,
+            "question": sample.meta.get("question") if sample.meta else None,
             "label": sample.label,
             "converted": image_notes + caption_notes,
         }
@@ -146,6 +147,9 @@ def collate_image_text(
         "bad": [(item["key"], item["bad"]) for item in items if "bad" in item],
         "converted": [(item["key"], note) for item in good for note in item["converted"]],
     }
+    if any(item.get("question") is not None for item in good):  # VQA: the captions are the answers
+        batch["questions"] = [item.get("question") or "" for item in good]
+        batch["answers"] = batch["captions"]
     if tokenizer is not None:
         batch["input_ids"], batch["attention_mask"] = tokenizer.encode(
             batch["captions"], context_length

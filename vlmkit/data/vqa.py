@@ -204,3 +204,38 @@ def _image_path(entry: dict, base: str, folder: str, split: str) -> str:
     if "image_id" not in entry or not split:
         return ""  # reading it reports missing_file
     return os.path.join(folder, coco_image_name(split, entry["image_id"]))
+
+
+def is_vqa_file(path: str | os.PathLike) -> bool:
+    """A VQAv2 questions JSON or a JSONL whose first row has a ``question`` (cheap: reads little)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        return False
+    if path.lower().endswith((".jsonl", ".ndjson")):
+        with open(path, encoding="utf-8-sig") as stream:
+            for line in stream:
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        return False
+                    return isinstance(row, dict) and "question" in row
+        return False
+    if path.lower().endswith(".json"):
+        with open(path, encoding="utf-8-sig") as stream:
+            head = stream.read(4096)
+        return '"questions"' in head
+    return False
+
+
+def training_answer(question: VQAQuestion) -> str:
+    """The answer a model is trained to give: VQAv2's ``multiple_choice_answer``, else the most common answer."""
+    if question.multiple_choice_answer:
+        return question.multiple_choice_answer
+    if not question.answers:
+        raise ValueError(f"question {question.question_id} has no answers: training on VQA needs annotations "
+                         "(set data.vqa_annotations for a VQAv2 questions file)")
+    counts: dict[str, int] = {}
+    for answer in question.answers:
+        counts[answer] = counts.get(answer, 0) + 1
+    return max(counts, key=lambda answer: (counts[answer], -question.answers.index(answer)))

@@ -54,8 +54,17 @@ def data_workers(data_config: dict[str, Any]) -> int:
 
 
 def load_training_samples(path: str | Path, data_config: dict[str, Any]) -> list[Any]:
+    """Samples of a manifest, COCO file, shards or folder; or, from VQA questions (VQAv2 JSON + annotations, or
+    JSONL), one sample per question whose caption is the answer and whose ``meta["question"]`` is the question."""
     from vlmkit.data import load_samples
+    from vlmkit.data.vqa import is_vqa_file, load_vqa, training_answer
 
+    if is_vqa_file(path):
+        from vlmkit.data.sources import Sample
+
+        questions = load_vqa(path, data_config.get("vqa_annotations"))
+        return [Sample(key=str(q.question_id), image=q.image, captions=[training_answer(q)],
+                       meta={"question": q.question}) for q in questions]
     return load_samples(str(path), image_key=data_config["image_key"], caption_key=data_config["caption_key"],
                         label_key=data_config["label_key"], fmt=data_config["format"])
 
