@@ -183,6 +183,9 @@ def cmd_captioning(args: argparse.Namespace) -> int:
 
     if args.model and args.results is None:
         from vlmkit.data import load_samples
+
+        if not args.annotations:
+            raise ValueError("give --annotations with the reference captions (and the images to caption)")
         from vlmkit.eval.predict import predict_captions
 
         samples = load_samples(args.annotations)
@@ -209,6 +212,8 @@ def cmd_vqa(args: argparse.Namespace) -> int:
         from vlmkit.data.vqa import load_vqa
         from vlmkit.eval.predict import predict_answers
 
+        if not args.annotations:
+            raise ValueError("give --annotations with the ground-truth answers")
         if not args.questions and not str(args.annotations).endswith(".jsonl"):
             raise ValueError("give --questions (VQAv2 questions JSON, with the images) to answer them with --model")
         questions = (load_vqa(args.questions, args.annotations) if args.questions else load_vqa(args.annotations))

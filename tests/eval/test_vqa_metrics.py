@@ -237,8 +237,10 @@ def test_vqa_command_takes_jsonl_and_gives_one_line_errors(tmp_path, capsys):
     assert main(["eval", "vqa", "--results", str(tmp_path / "results.json"), "--annotations",
                  str(tmp_path / "vqa.jsonl"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["metrics"]["accuracy"] == pytest.approx(100.0)
-    assert main(["eval", "vqa", "--model", "m", "--data", "d"]) == 2
-    assert "comes with the generative models" in capsys.readouterr().err
+    assert main(["eval", "vqa", "--model", "m"]) == 2
+    assert "give --annotations" in capsys.readouterr().err
+    assert main(["eval", "vqa", "--annotations", str(tmp_path / "vqa.jsonl")]) == 2
+    assert "--results" in capsys.readouterr().err
     assert main(["eval", "vqa", "--results", str(tmp_path / "results.json"), "--annotations",
                  str(tmp_path / "missing.json")]) == 2
     assert "missing.json" in capsys.readouterr().err
