@@ -141,7 +141,8 @@ def paraphrase_scene(meta: dict[str, Any], rng: np.random.Generator, count: int 
                      ) -> list[str]:
     """``count`` distinct unseen-phrasing captions of a scene: a family drawn uniformly, then a caption (as
     ``scenes.choose_captions`` draws training captions)."""
-    pools = {name: list(dict.fromkeys(options)) for name, options in paraphrase_families(meta, rng, words=words).items()}
+    families = paraphrase_families(meta, rng, words=words)
+    pools = {name: list(dict.fromkeys(options)) for name, options in families.items()}
     chosen: list[str] = []
     while len(chosen) < count and any(pools.values()):
         names = [name for name, pool in pools.items() if pool]
