@@ -45,7 +45,8 @@ BAD_REASONS = {"missing": "missing_file", "empty": "empty_file", "corrupt": "cor
 
 def test_good_item_fields(samples):
     item = ImageTextDataset(samples, ImageTransform(16))[0]
-    assert set(item) == {"index", "key", "image", "caption", "label", "converted"}
+    assert set(item) == {"index", "key", "image", "caption", "question", "label", "converted"}
+    assert item["question"] is None  # set only for VQA samples (meta["question"])
     assert item["image"].shape == (3, 16, 16) and item["image"].dtype == torch.float32
     assert (item["index"], item["key"], item["label"]) == (0, "good0", "class0")
     assert item["caption"] == "first caption" and item["converted"] == []

@@ -113,8 +113,8 @@ class ImageTextDataset(Dataset):
         }
 
     def __getitem__(self, index: int) -> dict:
-        """Returns ``{"index", "key", "image": float32 [3, S, S], "caption", "label",
-        "converted": [note, ...]}``, or ``{"index", "key", "bad": reason}`` for a skipped
+        """Returns ``{"index", "key", "image": float32 [3, S, S], "caption", "question" (VQA samples;
+        else None), "label", "converted": [note, ...]}``, or ``{"index", "key", "bad": reason}`` for a skipped
         bad sample."""
         try:
             return self.load(index)
