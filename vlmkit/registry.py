@@ -12,6 +12,8 @@ MODELS: dict[str, str] = {
     "clip": "vlmkit.models.clip:ContrastiveModel",
     "siglip": "vlmkit.models.clip:ContrastiveModel",
     "prefix_lm": "vlmkit.models.prefix_lm:PrefixLM",
+    "coca": "vlmkit.models.coca:CoCa",
+    "fuyu": "vlmkit.models.fuyu:Fuyu",
 }
 
 

@@ -97,6 +97,14 @@ class CausalLM(nn.Module):
         """``embeddings`` [B, L, W] are the new positions; ``attention_mask`` [B, past + L] covers the cached ones
         too (None: no padding). Training uses right padding and no mask (the fast causal path); decoding passes a
         left-padded mask and a cache. Returns logits [B, L, vocab]."""
+        return self.lm_head(self.hidden_states(embeddings, attention_mask, cache=cache, context=context,
+                                               context_mask=context_mask))
+
+    def hidden_states(self, embeddings: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                      cache: KVCache | None = None, context: torch.Tensor | None = None,
+                      context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """What ``forward`` turns into logits: the final-normalised hidden states [B, L, W] (CoCa reads its text
+        embedding here and feeds them to its multimodal decoder). Arguments as in ``forward``."""
         batch, length, _ = embeddings.shape
         past = cache.length if cache is not None else 0
         if past + length > self.config.context_length and self.positional_embedding is not None:
@@ -116,4 +124,4 @@ class CausalLM(nn.Module):
         rotary = self.rotary(positions) if self.rotary is not None else None
         x = self.transformer(x, is_causal=is_causal, attn_mask=mask, rotary=rotary, cache=cache,
                              context=context, context_mask=context_mask)
-        return self.lm_head(self.norm_final(x))
+        return self.norm_final(x)
