@@ -147,6 +147,29 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and every descendant (torchrun may start its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    stack, tree = [pid], []
+    while stack:
+        current = stack.pop()
+        tree.append(current)
+        stack.extend(children.get(current, []))
+    for member in reversed(tree):
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_torchrun_two_processes_match_one_process(synth_data, tiny_overrides, tmp_path):
     overrides = tiny_overrides + ["train.steps=3", "train.grad_clip=0"]
     data = synth_data / "captions.csv"
@@ -161,7 +184,7 @@ def test_torchrun_two_processes_match_one_process(synth_data, tiny_overrides, tm
         _, stderr = process.communicate(timeout=500)
     finally:
         if process.poll() is None:  # never leave workers behind
-            os.killpg(process.pid, signal.SIGKILL)
+            _kill_tree(process.pid)
             process.wait()
     assert process.returncode == 0, stderr[-2000:]
     single = load_file(str(tmp_path / "single" / "model" / "model.safetensors"))
