@@ -61,3 +61,24 @@ def test_weight_decay_only_on_matrices():
     assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
     assert any(p is model.logit_scale for p in no_decay["params"])
     assert decay["weight_decay"] == 0.2 and no_decay["weight_decay"] == 0.0
+
+
+def test_learning_rate_per_module_by_name_prefix():
+    from torch import nn
+
+    from vlmkit.train.optim import build_optimizer, set_learning_rate
+
+    model = nn.ModuleDict({"visual": nn.Linear(4, 4), "connector": nn.Sequential(nn.Linear(4, 4)),
+                           "language": nn.Linear(4, 4)})
+    config = {"weight_decay": 0.1, "lr": 1.0, "betas": [0.9, 0.98], "eps": 1e-6,
+              "lr_scales": {"visual": 0.1, "connector.0": 2.0}}
+    optimizer = build_optimizer(model, config)
+    set_learning_rate(optimizer, 0.5)
+    rate = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert rate[id(model["visual"].weight)] == pytest.approx(0.05)
+    assert rate[id(model["connector"][0].bias)] == pytest.approx(1.0)
+    assert rate[id(model["language"].weight)] == pytest.approx(0.5)
+    decay = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    assert decay[id(model["visual"].weight)] == 0.1 and decay[id(model["visual"].bias)] == 0.0
+    with pytest.raises(ValueError, match="names no parameters"):
+        build_optimizer(model, {**config, "lr_scales": {"vision": 0.1}})

@@ -37,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
         "minutes": None,  # a time budget: with steps: null the schedule is fitted to it; otherwise a cap
         "batch_size": 128,  # global batch per optimizer step (split across processes and accumulation)
         "lr": 5.0e-4,
+        "lr_scales": {},  # per-module multipliers of lr, by parameter-name prefix, e.g. {visual: 0.1, connector: 1}
         "warmup": 100,  # steps of linear warmup (a number < 1 is a fraction of the steps)
         "min_lr": 0.0,
         "weight_decay": 0.2,
@@ -144,7 +145,8 @@ def apply_override(config: dict[str, Any], item: str) -> None:
                 raise ValueError(f"--set key {dotted!r}: {'.'.join(keys[:depth + 1])} is not a section")
         node = node[key]
     leaf = keys[-1]
-    if keys[0] != "model" and leaf not in node:
+    free_form = keys[0] == "model" or keys[:2] == ["train", "lr_scales"]  # keys the user names (modules)
+    if not free_form and leaf not in node:
         _check_keys({leaf: None}, node, ".".join(keys[:-1]))
     node[leaf] = parse_value(raw)
 

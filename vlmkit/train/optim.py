@@ -8,18 +8,40 @@ import torch
 from torch import nn
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay tensors with 2+ dimensions (weights, embeddings); not biases, norms, temperature or bias scalars."""
-    decay, no_decay = [], []
-    for _, parameter in model.named_parameters():
+def lr_scale_of(name: str, lr_scales: dict[str, float]) -> float:
+    """The learning-rate multiplier of parameter ``name``: the entry of the longest module prefix that names it
+    (``connector`` covers ``connector.net.0.weight``), else 1."""
+    best, scale = -1, 1.0
+    for prefix, value in lr_scales.items():
+        if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > best:
+            best, scale = len(prefix), float(value)
+    return scale
+
+
+def parameter_groups(model: nn.Module, weight_decay: float,
+                     lr_scales: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """Decay tensors with 2+ dimensions (weights, embeddings); not biases, norms, temperature or bias scalars.
+    Each group carries ``lr_scale``, its multiplier of the scheduled learning rate (``train.lr_scales``)."""
+    lr_scales = dict(lr_scales or {})
+    names = {name for name, _ in model.named_parameters()}
+    unknown = [prefix for prefix in lr_scales
+               if not any(n == prefix or n.startswith(prefix + ".") for n in names)]
+    if unknown:
+        top = sorted({name.split(".")[0] for name in names})
+        raise ValueError(f"train.lr_scales names no parameters: {unknown}; the model's modules: {top}")
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        (decay if parameter.ndim >= 2 else no_decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups.setdefault((parameter.ndim >= 2, lr_scale_of(name, lr_scales)), []).append(parameter)
+    if not groups:
+        return [{"params": [], "weight_decay": weight_decay, "lr_scale": 1.0}]
+    return [{"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
+            for (decay, scale), params in sorted(groups.items(), key=lambda item: (not item[0][0], item[0][1]))]
 
 
 def build_optimizer(model: nn.Module, train_config: dict[str, Any]) -> torch.optim.AdamW:
-    groups = parameter_groups(model, float(train_config["weight_decay"]))
+    groups = parameter_groups(model, float(train_config["weight_decay"]), train_config.get("lr_scales"))
     if not any(group["params"] for group in groups):
         raise ValueError("the model has no trainable parameters (is every tower frozen?)")
     betas = tuple(float(b) for b in train_config["betas"])
@@ -49,5 +71,6 @@ def learning_rate(step: int, total_steps: int, base_lr: float, warmup: int, min_
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The scheduled rate, times each group's ``lr_scale`` (per-module learning rates)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
