@@ -34,21 +34,25 @@ OPEN_CLIP_PRECISION = {"fp32": "fp32", "bf16-mixed": "amp_bf16", "bf16": "pure_b
 
 
 def synthetic_batch(batch_size: int, image_size: int, context_length: int, vocab_size: int,
-                    seed: int = 0, max_length: int | None = None) -> dict[str, torch.Tensor]:
+                    seed: int = 0, max_length: int | None = None, *,
+                    min_length: int | None = None) -> dict[str, torch.Tensor]:
     """A caption-like training batch.
 
     ``images`` [B, 3, S, S] standard normal; ``input_ids`` [B, L] (L = the context length) with a random length
-    per caption, from a quarter of ``max_length`` (default: the context length) to all of it, random tokens, the
-    end-of-text token (``vocab_size - 1``, the largest id as in CLIP's tokenizer, so open_clip's argmax pooling
-    finds it) at the last real position and padding id 0 after; ``attention_mask`` [B, L] True for real tokens
-    (the end-of-text token included).
+    per caption, from ``min_length`` (default: a quarter of ``max_length``, at least 2) to ``max_length`` (default:
+    the context length), random tokens, the end-of-text token (``vocab_size - 1``, the largest id as in CLIP's
+    tokenizer, so open_clip's argmax pooling finds it) at the last real position and padding id 0 after;
+    ``attention_mask`` [B, L] True for real tokens (the end-of-text token included).
     """
     max_length = context_length if max_length is None else max_length
     if not 2 <= max_length <= context_length:
         raise ValueError(f"the longest caption must have 2 to {context_length} tokens, not {max_length}")
+    min_length = max(2, max_length // 4) if min_length is None else min_length
+    if not 2 <= min_length <= max_length:
+        raise ValueError(f"the shortest caption must have 2 to {max_length} tokens, not {min_length}")
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(batch_size, 3, image_size, image_size, generator=generator)
-    lengths = torch.randint(max(2, max_length // 4), max_length + 1, (batch_size,), generator=generator)
+    lengths = torch.randint(min_length, max_length + 1, (batch_size,), generator=generator)
     positions = torch.arange(context_length)
     mask = positions[None, :] < lengths[:, None]
     input_ids = torch.randint(1, vocab_size - 1, (batch_size, context_length), generator=generator)
@@ -59,11 +63,23 @@ def synthetic_batch(batch_size: int, image_size: int, context_length: int, vocab
 
 # --- torch-only helpers shared with train_throughput.py ---------------------------------------------------------
 def time_steps(step: Callable[[], Any], steps: int, batch_size: int) -> dict[str, float]:
+    """Seconds and samples/s of ``steps`` calls, and the minor page faults per call (fresh memory touched for the
+    first time: large CPU tensors come from new pages, and faulting them in is part of the time)."""
+    faults = _minor_faults()
     start = time.perf_counter()
     for _ in range(steps):
         step()
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "samples_per_s": steps * batch_size / seconds}
+    return {"seconds": seconds, "samples_per_s": steps * batch_size / seconds,
+            "page_faults_per_step": (_minor_faults() - faults) / steps}
+
+
+def _minor_faults() -> int:
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _attention_flops(query: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> int:

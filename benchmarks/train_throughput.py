@@ -136,16 +136,17 @@ def load_average() -> list[float]:
 
 # --- the peer ------------------------------------------------------------------------------------------------------
 class PeerProcess:
-    """The open_clip worker in its own interpreter, driven by JSON lines (see ``_open_clip_peer.py``)."""
+    """An open_clip worker (``script``, default ``_open_clip_peer.py``) in its own interpreter, driven by JSON
+    lines."""
 
-    def __init__(self, python: str | Path) -> None:
+    def __init__(self, python: str | Path, script: str | Path = PEER_SCRIPT) -> None:
         python = os.path.abspath(python)  # not resolve(): a venv's python is a symlink that must stay one
         if not Path(python).exists():
             raise FileNotFoundError(f"--peer-python {python} does not exist; create the peer venv as "
                                     "benchmarks/README.md says")
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
         self.stderr = tempfile.TemporaryFile(mode="w+")
-        self.process = subprocess.Popen([python, str(PEER_SCRIPT)], stdin=subprocess.PIPE,
+        self.process = subprocess.Popen([python, str(script)], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=self.stderr, text=True, bufsize=1,
                                         env=env, cwd=str(HERE))
 
