@@ -189,3 +189,30 @@ def test_train_on_vqa_then_answer_and_evaluate_with_the_model(synth_data, tmp_pa
                           "--batch-size", "64", "--json"], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert "CIDEr" in json.loads(run.stdout)["metrics"]
+
+
+def test_two_stage_recipes_start_from_a_clip_vision_tower(tiny_run, synth_data, tmp_path):
+    """Stage 1 takes a trained CLIP's vision tower and trains only the connector; stage 2 continues the stage-1
+    model on VQA with the language model unlocked and the vision tower still locked."""
+    from vlmkit.config import load_config
+    from vlmkit.train import train
+
+    clip = vlmkit.load(tiny_run)
+    small = ["model.language.width=32", "model.language.layers=1", "model.language.heads=2",
+             "tokenizer.vocab_size=300", "train.steps=2", "train.batch_size=8", "train.warmup=1",
+             "train.precision=fp32", "data.workers=0", "train.threads=1"]
+    stage1 = tmp_path / "stage1"
+    train(load_config("llava-tiny-stage1", small + [f"train.init_vision={tiny_run}"]),
+          data=synth_data / "captions.csv", out=stage1, progress=False)
+    first = vlmkit.load(stage1)
+    assert first.config.vision == clip.config.vision and first.config.freeze == ["vision", "language"]
+    for name, tensor in clip.visual.state_dict().items():
+        assert torch.equal(first.visual.state_dict()[name], tensor), name
+    stage2 = tmp_path / "stage2"
+    train(load_config("llava-tiny-stage2", small + [f"train.init={stage1}",
+                                                    f"data.vqa_annotations={synth_data / 'vqa_annotations.json'}"]),
+          data=synth_data / "vqa_questions.json", out=stage2, progress=False)
+    second = vlmkit.load(stage2)
+    assert second.config.freeze == ["vision"]
+    assert torch.equal(second.visual.patch_embed.weight, clip.visual.patch_embed.weight)
+    assert not torch.equal(second.language.token_embedding.weight, first.language.token_embedding.weight)

@@ -33,6 +33,8 @@ DEFAULTS: dict[str, Any] = {
     },
     "train": {
         "init": None,  # start from this model (native folder/run, Hugging Face CLIP, hf:ID, open_clip:ARCH:FILE)
+        "init_vision": None,  # a VLM's vision tower starts from this contrastive model's (same specs as init)
+        "freeze": None,  # lock these parts for this run, replacing the model's own freeze (e.g. [vision])
         "steps": 1000,
         "minutes": None,  # a time budget: with steps: null the schedule is fitted to it; otherwise a cap
         "batch_size": 128,  # global batch per optimizer step (split across processes and accumulation)

@@ -161,6 +161,15 @@ class ContrastiveModel(ContrastiveScoring, nn.Module, PretrainedMixin):
         for module in locked:
             module.requires_grad_(False)
 
+    def set_freeze(self, freeze: str) -> None:
+        """Lock a different tower from now on (``train.freeze``, e.g. when fine-tuning a loaded model)."""
+        if freeze not in ("none", "vision", "text"):
+            raise ValueError(f"freeze must be none, vision or text for a contrastive model, not {freeze!r}")
+        self.config.freeze = freeze
+        self.requires_grad_(True)
+        self.apply_freeze()
+        self.train(self.training)
+
     def train(self, mode: bool = True) -> "ContrastiveModel":
         super().train(mode)
         if self.config.freeze == "vision":

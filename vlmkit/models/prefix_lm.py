@@ -252,8 +252,31 @@ class PrefixLM(LanguageModelVLM, nn.Module, PretrainedMixin):
         self.language = build_language_model(config.language, saved_language_model)
         self.connector = Connector(config.connector, config.vision.width, self.language.width, grid)
         self.tokenizer = tokenizer
-        for name in config.freeze:
+        self.apply_freeze()
+
+    def apply_freeze(self) -> None:
+        for name in self.config.freeze:
             getattr(self, {"vision": "visual"}.get(name, name)).requires_grad_(False)
+
+    def set_freeze(self, freeze: Sequence[str]) -> None:
+        """Lock other parts from now on (``train.freeze``: e.g. stage 2 unlocks the language model)."""
+        freeze = [freeze] if isinstance(freeze, str) else list(freeze)
+        unknown = sorted(set(freeze) - set(FREEZABLE))
+        if unknown:
+            raise ValueError(f"train.freeze takes {', '.join(FREEZABLE)} for this model, not {unknown}")
+        self.config.freeze = freeze
+        self.requires_grad_(True)
+        self.apply_freeze()
+        self.train(self.training)
+
+    def load_vision_from(self, encoder: Any) -> None:
+        """Start from a trained contrastive model's vision tower (LLaVA on CLIP): its weights and preprocessing.
+        The tower's shape must match (the trainer copies it into the config first)."""
+        if asdict(encoder.config.vision) != asdict(self.config.vision):
+            raise ValueError("the vision tower to start from has another shape than model.vision: "
+                             f"{asdict(encoder.config.vision)} vs {asdict(self.config.vision)}")
+        self.visual.load_state_dict(encoder.visual.state_dict())
+        self.config.preprocess = encoder.config.preprocess
 
     @classmethod
     def from_config(cls, config: dict[str, Any] | PrefixLMConfig, tokenizer: Any = None) -> "PrefixLM":

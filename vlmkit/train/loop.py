@@ -20,7 +20,8 @@ from vlmkit.train import checkpoint as ckpt
 from vlmkit.train.optim import build_optimizer, learning_rate, set_learning_rate, warmup_steps
 from vlmkit.train.step import optimizer_step
 from vlmkit.train.setup import (build_training_model, data_workers, load_initial_model, load_training_samples,
-                                prepare_tokenizer, resolve_precision, setup_runtime, training_collator)
+                                prepare_tokenizer, prepare_vision_init, resolve_precision, setup_runtime,
+                                training_collator)
 from vlmkit.train.validate import Validator
 
 CALIBRATION_STEPS = 12  # steps timed to fit the schedule to a time budget
@@ -84,8 +85,20 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
     samples = load_training_samples(data, dcfg)
     seed = int(tcfg["seed"])
     initial = load_initial_model(config) if tcfg.get("init") else None
+    vision_encoder = prepare_vision_init(config) if tcfg.get("init_vision") and initial is None else None
     tokenizer = prepare_tokenizer(config, samples, run_dir, initial)
     model = initial if initial is not None else build_training_model(config, tokenizer, seed)
+    if vision_encoder is not None:
+        if not hasattr(model, "load_vision_from"):
+            raise ValueError(f"train.init_vision: a {config['model']['architecture']} model has no vision tower to "
+                             "start from another model's")
+        model.load_vision_from(vision_encoder)
+        config["model"] = {"architecture": model.architecture, **model.config_dict()}
+    if tcfg.get("freeze") is not None:
+        if not hasattr(model, "set_freeze"):
+            raise ValueError(f"train.freeze: a {config['model']['architecture']} model has no freezable parts")
+        model.set_freeze(tcfg["freeze"])
+        config["model"] = {"architecture": model.architecture, **model.config_dict()}
     if tcfg["precision"] == "bf16":
         model.to(torch.bfloat16)
     model.to(runtime.device)

@@ -78,7 +78,29 @@ def pretrained_text_source(config: dict[str, Any]) -> str | None:
 def load_initial_model(config: dict[str, Any]) -> Any:
     """The model ``train.init`` names, as a native model to fine-tune; the run's ``model`` section becomes its
     config (so the saved config.yaml describes what is trained). Hugging Face and open_clip CLIPs are converted."""
-    spec = str(config["train"]["init"])
+    model = load_native_model(str(config["train"]["init"]))
+    if model.tokenizer is None:
+        raise ValueError(f"train.init {config['train']['init']} has no tokenizer files; a model to fine-tune needs "
+                         "its tokenizer")
+    config["model"] = {"architecture": model.architecture, **model.config_dict()}
+    return model.float().train()
+
+
+def prepare_vision_init(config: dict[str, Any]) -> Any:
+    """``train.init_vision``: load that contrastive model and give the recipe its vision tower's shape and
+    preprocessing, so the VLM built next can take its weights (``load_vision_from``)."""
+    from dataclasses import asdict
+
+    encoder = load_native_model(str(config["train"]["init_vision"]))
+    if not hasattr(encoder, "visual") or not hasattr(encoder.config, "vision"):
+        raise ValueError(f"train.init_vision {config['train']['init_vision']} has no vision tower to start from")
+    config["model"]["vision"] = asdict(encoder.config.vision)
+    return encoder
+
+
+def load_native_model(spec: str) -> Any:
+    """A native model from any spec: native folders and runs as they are; Hugging Face and open_clip CLIPs
+    converted."""
     if spec.startswith("open_clip:"):
         from vlmkit.backends.clip_convert import native_from_open_clip
         from vlmkit.backends.open_clip import parse_spec
@@ -95,10 +117,7 @@ def load_initial_model(config: dict[str, Any]) -> Any:
             model = native_from_hf(directory)
         else:
             model = load_native(directory)
-    if model.tokenizer is None:
-        raise ValueError(f"train.init {spec} has no tokenizer files; a model to fine-tune needs its tokenizer")
-    config["model"] = {"architecture": model.architecture, **model.config_dict()}
-    return model.float().train()
+    return model
 
 
 def prepare_tokenizer(config: dict[str, Any], samples: list[Any], run_dir: Path, initial: Any = None) -> Any:
