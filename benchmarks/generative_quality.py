@@ -196,6 +196,10 @@ def score_answers(predictions: dict[Any, str], questions: list[Any]) -> dict[str
             "num_questions": result.num_questions,
             "questions_per_family": {family: sum(by_id[k].question_type in types for k in result.per_question)
                                      for family, types in FAMILIES.items()},
+            # 1 = the same answer to every question of the family, as a blind baseline gives
+            "distinct_answers_per_family": {family: len({predictions[k] for k in result.per_question
+                                                         if by_id[k].question_type in types})
+                                            for family, types in FAMILIES.items()},
             "example": {"question": first.question, "prediction": predictions.get(first.question_id),
                         "answer": first.multiple_choice_answer}}
 
@@ -234,6 +238,9 @@ def format_tables(report: dict[str, Any]) -> str:
         steps = trainings[entry["run"]]["steps"] if entry.get("run") else "-"
         lines.append(f"| {name} | {steps} | {entry['accuracy']:.1f} | "
                      + " | ".join(_fmt(entry["per_family"][f]) for f in FAMILIES) + " |")
+    lines += ["", f"distinct answers per family ({' / '.join(FAMILIES)}): " + "; ".join(
+        f"{name} {' / '.join(str(n) for n in entry['distinct_answers_per_family'].values())}"
+        for name, entry in vqa.items() if entry.get("run"))]
     return "\n".join(lines)
 
 

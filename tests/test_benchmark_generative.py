@@ -46,10 +46,12 @@ def check_report(bench, report: dict) -> None:
     for name, entry in vqa.items():
         assert 0 <= entry["accuracy"] <= 100 and set(entry["per_family"]) == set(bench.FAMILIES)
         assert sum(entry["questions_per_family"].values()) == entry["num_questions"] > 40
+        assert all(n >= 1 for n in entry["distinct_answers_per_family"].values())
         assert all(value is None or 0 <= value <= 100 for value in entry["per_family"].values())
     blind = vqa["blind: most frequent answer per question type"]
     assert blind["run"] is None and blind["per_family"]["existence"] == 50.0  # yes/no balanced by image id
-    assert blind["accuracy"] > 20
+    assert blind["accuracy"] > 20 and all(blind["distinct_answers_per_family"][family] == len(types)
+                                          for family, types in bench.FAMILIES.items())  # one answer per type
 
 
 def test_tiny_run_json_and_table(bench, tmp_path, capsys):
