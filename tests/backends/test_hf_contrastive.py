@@ -85,3 +85,10 @@ def test_missing_weights_give_a_one_line_error_from_the_cli(tmp_path, monkeypatc
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "hf download openai/clip-vit-base-patch32" in lines[0], result.stderr
+
+
+def test_only_clip_converts_to_native(siglip_folder):
+    from vlmkit.backends.clip_convert import native_from_hf
+
+    with pytest.raises(ValueError, match="'siglip' model; only CLIP converts"):
+        native_from_hf(siglip_folder)

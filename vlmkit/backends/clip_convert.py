@@ -91,9 +91,11 @@ def native_from_hf(directory: str | Path) -> Any:
     from vlmkit.models.clip import ContrastiveModel
 
     directory = Path(directory)
+    model_type = json.loads((directory / "config.json").read_text()).get("model_type")
+    if model_type != "clip":
+        raise ValueError(f"{directory} holds a {model_type!r} model; only CLIP converts to native (load other "
+                         f"checkpoints as they are: --model {directory})")
     hf_config = transformers.CLIPConfig.from_pretrained(directory)
-    if hf_config.model_type != "clip":
-        raise ValueError(f"{directory} holds a {hf_config.model_type!r} model; only CLIP converts to native")
     processor = _image_processor(directory)
     model = ContrastiveModel.from_config(native_config_from_hf(hf_config, processor))
     state = clip_maps.to_native(read_state_dict(directory), clip_maps.HF_RULES)
