@@ -16,6 +16,7 @@ EPILOG = """examples:
   vlmkit eval retrieval --model runs/clip --data data/val/coco.json --json
   vlmkit eval captioning --results preds.json --annotations data/val/coco.json
   vlmkit eval vqa --results answers.json --annotations data/val/vqa_annotations.json
+  vlmkit eval probes --model runs/clip --suite builtin --data data/val --out probes
   vlmkit embed --model runs/clip --images photos/ --out photos.npy
   vlmkit classify cat.jpg --model hf:openai/clip-vit-base-patch32 --labels cat,dog,car
   vlmkit caption photo.jpg --model path/to/blip ; vlmkit ask photo.jpg "what color is the car?" --model path/to/vilt
@@ -87,6 +88,26 @@ def build_parser() -> argparse.ArgumentParser:
     vqa.add_argument("--questions", help="VQAv2 questions JSON (optional: checks ids, gives question text)")
     vqa.add_argument("--annotations", help="VQAv2 annotations JSON, or a VQA JSONL file with answers")
     vqa.set_defaults(func=cmd_vqa)
+    probes = evaluate.add_parser(
+        "probes", help="compositional probes: ARO, SugarCrepe, counting, word order, Winoground",
+        description="Score a model on compositional probes: the built-in suite generated from scenes made by "
+                    "`vlmkit data synth` (use a held-out seed), or public ARO / SugarCrepe / Winoground files.")
+    from vlmkit.cli_use import MODEL_HELP
+
+    probes.add_argument("--model", required=True, help=MODEL_HELP)
+    source = probes.add_mutually_exclusive_group(required=True)
+    source.add_argument("--suite", choices=["builtin"], help="the built-in suite, from the scenes in --data")
+    source.add_argument("--aro", help="ARO VG-Relation / VG-Attribution JSON (with --images)")
+    source.add_argument("--sugarcrepe", help="SugarCrepe JSON file, or a folder of them (with --images)")
+    source.add_argument("--winoground", help="Winoground examples.jsonl (with --images)")
+    probes.add_argument("--data", help="folder of built-in scenes (metadata.jsonl) for --suite builtin")
+    probes.add_argument("--images", help="image folder of the public files")
+    probes.add_argument("--seed", type=int, default=0, help="seed of the built-in suite's negatives (default 0)")
+    probes.add_argument("--batch-size", type=int, default=256)
+    probes.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    probes.add_argument("--out", help="folder for probes.json and probe_failures.png")
+    probes.add_argument("--json", action="store_true", help="print the result as JSON (CLIP_benchmark shape)")
+    probes.set_defaults(func=cmd_probes)
 
     from vlmkit.cli_use import add_commands
 
@@ -284,10 +305,11 @@ def _eval_samples(args: argparse.Namespace) -> list[Any]:
                         label_key=args.label_key)
 
 
-def _emit(args: argparse.Namespace, task: str, metrics: dict[str, Any], extra: dict[str, Any], table: str) -> None:
+def _emit(args: argparse.Namespace, task: str, metrics: dict[str, Any], extra: dict[str, Any], table: str,
+          dataset: str | None = None) -> None:
     from vlmkit.eval import benchmark_record, write_json
 
-    record = benchmark_record(task, str(args.model), str(args.data), metrics, extra=extra)
+    record = benchmark_record(task, str(args.model), dataset or str(args.data), metrics, extra=extra)
     if args.out:
         write_json(Path(args.out) / f"{task}.json", record)
     print(json.dumps(record, indent=2) if args.json else table)
@@ -333,6 +355,30 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
     if report:
         table += f"\n{report.summary()}"
     _emit(args, "zeroshot_retrieval", metrics, {"bad_samples": report.as_dict()}, table)
+    return 0
+
+
+def cmd_probes(args: argparse.Namespace) -> int:
+    from vlmkit.data import probes as suites
+    from vlmkit.eval.probes import evaluate_probes, plot_probe_failures, probe_table
+
+    if args.suite:
+        if not args.data:
+            raise ValueError("--suite builtin needs --data, a folder made by `vlmkit data synth` (held-out seed)")
+        suite, dataset = suites.builtin_suite(args.data, seed=args.seed), str(args.data)
+    else:
+        if not args.images:
+            raise ValueError("give --images, the folder of the probe file's images")
+        loader, dataset = ((suites.load_aro, args.aro) if args.aro else (suites.load_sugarcrepe, args.sugarcrepe)
+                           if args.sugarcrepe else (suites.load_winoground, args.winoground))
+        suite = loader(dataset, args.images)
+    result = evaluate_probes(_load_eval_model(args), suite, batch_size=args.batch_size, progress=not args.json)
+    extra: dict[str, Any] = {"suite": suite.name, "per_probe": result.per_type, "num_items": result.num_items,
+                             "num_groups": result.num_groups, "skipped_images": result.skipped,
+                             "failures": result.failures}
+    if args.out:
+        extra["failures_png"] = plot_probe_failures(result.failures, Path(args.out) / "probe_failures.png")
+    _emit(args, "compositional_probes", result.metrics, extra, probe_table(result), dataset=dataset)
     return 0
 
 
