@@ -29,6 +29,7 @@ DEFAULTS: dict[str, Any] = {
         "on_bad_sample": "skip",  # skip (count and report) | error
         "augment": True,  # random resized crop (no flips: captions say left/right)
         "crop_scale": [0.8, 1.0],
+        "hard_negatives": 0,  # rewritten captions per sample added to the contrastive loss (NegCLIP); 0 = off
         "max_pixels": 89_478_485,
     },
     "train": {

@@ -42,6 +42,8 @@ class ImageTextDataset(Dataset):
         seed: base seed of the per-sample RNG.
         on_bad_sample: ``"skip"`` returns a bad-item dict, ``"error"`` raises BadSample.
         max_pixels: images with more pixels are bad (``too_large``) before being decoded.
+        hard_negatives: this many rewritten captions per item (``negatives``; NegCLIP-style, see
+            :mod:`vlmkit.data.hard_negatives`), drawn from the item's own RNG.
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class ImageTextDataset(Dataset):
         seed: int = 0,
         on_bad_sample: str = "skip",
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        hard_negatives: int = 0,
     ) -> None:
         if on_bad_sample not in ON_BAD_SAMPLE:
             raise ValueError(f"on_bad_sample must be one of {ON_BAD_SAMPLE}, got {on_bad_sample!r}")
@@ -60,6 +63,7 @@ class ImageTextDataset(Dataset):
         self.seed = seed
         self.on_bad_sample = on_bad_sample
         self.max_pixels = max_pixels
+        self.hard_negatives = int(hard_negatives)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -102,7 +106,7 @@ class ImageTextDataset(Dataset):
         except BadSample as error:
             error.key = sample.key
             raise
-        return {
+        item = {
             "index": index,
             "key": sample.key,
             "image": self.transform(image, crop_rng),
@@ -111,6 +115,11 @@ class ImageTextDataset(Dataset):
             "label": sample.label,
             "converted": image_notes + caption_notes,
         }
+        if self.hard_negatives:
+            from .hard_negatives import hard_negatives
+
+            item["negatives"] = hard_negatives(caption, self.hard_negatives, random.Random(rng.getrandbits(64)))
+        return item
 
     def __getitem__(self, index: int) -> dict:
         """Returns ``{"index", "key", "image": float32 [3, S, S], "caption", "question" (VQA samples;
@@ -154,6 +163,10 @@ def collate_image_text(
         batch["input_ids"], batch["attention_mask"] = tokenizer.encode(
             batch["captions"], context_length
         )
+        if any("negatives" in item for item in good):
+            negatives = [text for item in good for text in item.get("negatives", [])]
+            batch["negative_counts"] = torch.tensor([len(item.get("negatives", [])) for item in good])
+            batch["negative_ids"], batch["negative_mask"] = tokenizer.encode(negatives, context_length)
     return batch
 
 

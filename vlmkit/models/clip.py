@@ -208,6 +208,9 @@ class ContrastiveModel(ContrastiveScoring, nn.Module, PretrainedMixin):
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """[B, L] -> normalised [B, D] (differentiable)."""
+        if input_ids.shape[0] == 0:  # e.g. no hard negatives in this batch: still a [0, D] tensor for the loss
+            return self.text_projection(torch.zeros(0, self.text.width, device=input_ids.device,
+                                                    dtype=self.text_projection_dtype()))
         if attention_mask is not None and (self.config.text.causal or self.config.text.pretrained):
             # Columns after the longest caption are padding that no real token attends to (a causal tower, or a
             # pretrained encoder, which masks them): dropping them gives the same features for a fraction of
@@ -236,16 +239,24 @@ class ContrastiveModel(ContrastiveScoring, nn.Module, PretrainedMixin):
             attention_mask = torch.ones_like(texts, dtype=torch.bool)
         return self.text_features(texts.to(self.device), attention_mask.to(self.device)).float()
 
+    def text_projection_dtype(self) -> torch.dtype:
+        return next(self.text_projection.parameters(), self.logit_scale).dtype
+
     def logit_parameters(self) -> tuple[float, float | None]:
         """(exp(logit_scale), logit_bias or None): how cosine scores become the loss's logits."""
         bias = float(self.logit_bias) if self.logit_bias is not None else None
         return float(self.logit_scale.exp()), bias
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Training forward: normalised ``image_embeddings`` and ``text_embeddings`` [B, D]."""
-        return {"image_embeddings": self.image_features(images),
-                "text_embeddings": self.text_features(input_ids, attention_mask)}
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                negative_ids: torch.Tensor | None = None,
+                negative_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Training forward: normalised ``image_embeddings`` and ``text_embeddings`` [B, D], and with hard
+        negatives (``negative_ids`` [N, L]) their ``negative_text_embeddings`` [N, D]."""
+        features = {"image_embeddings": self.image_features(images),
+                    "text_embeddings": self.text_features(input_ids, attention_mask)}
+        if negative_ids is not None:
+            features["negative_text_embeddings"] = self.text_features(negative_ids, negative_mask)
+        return features
 
     def loss_from_features(self, features: dict[str, torch.Tensor], *,
                            temperature_grad: bool = True) -> dict[str, torch.Tensor]:
@@ -256,21 +267,25 @@ class ContrastiveModel(ContrastiveScoring, nn.Module, PretrainedMixin):
         """
         scale = self.logit_scale if temperature_grad else self.logit_scale.detach()
         image, text = features["image_embeddings"], features["text_embeddings"]
+        negatives = features.get("negative_text_embeddings")
         if self.logit_bias is None:
-            loss = losses.infonce_loss(image, text, scale)
+            loss = losses.infonce_loss(image, text, scale, negatives)
         else:
             bias = self.logit_bias if temperature_grad else self.logit_bias.detach()
-            loss = losses.sigmoid_loss(image, text, scale, bias)
+            loss = losses.sigmoid_loss(image, text, scale, bias, negatives)
         out = {"loss": loss, "logit_scale": self.logit_scale.detach().exp()}
         if self.logit_bias is not None:
             out["logit_bias"] = self.logit_bias.detach()
         return out
 
     def loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """``batch`` has ``images`` [B, 3, S, S], ``input_ids`` [B, L], ``attention_mask`` [B, L]."""
-        features = self(batch["images"].to(self.device, self.dtype), batch["input_ids"].to(self.device),
-                        batch.get("attention_mask").to(self.device) if batch.get("attention_mask") is not None
-                        else None)
+        """``batch`` has ``images`` [B, 3, S, S], ``input_ids`` [B, L], ``attention_mask`` [B, L], and
+        optionally hard negatives ``negative_ids`` / ``negative_mask`` [N, L]."""
+        def on_device(key: str) -> torch.Tensor | None:
+            return batch[key].to(self.device) if batch.get(key) is not None else None
+
+        features = self(batch["images"].to(self.device, self.dtype), on_device("input_ids"),
+                        on_device("attention_mask"), on_device("negative_ids"), on_device("negative_mask"))
         return self.loss_from_features(features)
 
     @torch.no_grad()

@@ -110,8 +110,11 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
 
     transform = replace(model.config.preprocess.image_transform(model.config.vision.image_size),
                         train=bool(dcfg["augment"]), crop_scale=tuple(dcfg["crop_scale"]))
+    if int(dcfg["hard_negatives"]) and not hasattr(model, "loss_from_features"):
+        raise ValueError("data.hard_negatives adds wrong captions to a contrastive loss: use it with a contrastive "
+                         f"model (clip, siglip), not {config['model'].get('architecture')}")
     dataset = ImageTextDataset(samples, transform, seed=seed, on_bad_sample=dcfg["on_bad_sample"],
-                               max_pixels=int(dcfg["max_pixels"]))
+                               max_pixels=int(dcfg["max_pixels"]), hard_negatives=int(dcfg["hard_negatives"]))
 
     state: dict[str, Any] = {"step": 0, "total_steps": tcfg["steps"], "elapsed_s": 0.0, "samples_seen": 0}
     if latest is not None:

@@ -38,14 +38,25 @@ def _contrastive_backward(trained: torch.nn.Module, model: Any, batch: dict[str,
     the whole batch (open_clip's scheme), and the temperature gets its gradient once."""
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     images = batch["images"].to(device, dtype, non_blocking=True)
-    input_ids = batch["input_ids"].to(device, non_blocking=True)
-    mask = batch["attention_mask"].to(device, non_blocking=True)
+    texts = [batch["input_ids"].to(device, non_blocking=True), batch["attention_mask"].to(device, non_blocking=True)]
+    negatives = [batch["negative_ids"].to(device), batch["negative_mask"].to(device)] if "negative_ids" in batch \
+        else []
     if accum == 1 or len(images) < accum:
         with autocast(precision, device):
-            outputs = model.loss_from_features(trained(images, input_ids, mask))
+            outputs = model.loss_from_features(trained(images, *texts, *negatives))
         outputs["loss"].backward()
     else:
-        chunks = list(zip(images.chunk(accum), input_ids.chunk(accum), mask.chunk(accum)))
+        image_chunks = images.chunk(accum)
+        sizes = [len(chunk) for chunk in image_chunks]
+        chunks = [[chunk] for chunk in image_chunks]
+        for tensor in texts:
+            for chunk, part in zip(chunks, tensor.split(sizes)):
+                chunk.append(part)
+        if negatives:  # a sample's hard negatives travel in its micro-batch
+            counts = [int(part.sum()) for part in batch["negative_counts"].split(sizes)]
+            for tensor in negatives:
+                for chunk, part in zip(chunks, tensor.split(counts)):
+                    chunk.append(part)
         with torch.no_grad(), autocast(precision, device):
             cached = [trained(*chunk) for chunk in chunks]
         for index, chunk in enumerate(chunks):
