@@ -36,7 +36,7 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [p for p in (str(HERE.parent), str(HERE)) if p not in sys.path]
 
-from lit_vs_scratch import trained_run  # noqa: E402  (a sibling benchmark's helper)
+from lit_vs_scratch import trained_run  # a sibling benchmark's helper
 
 CAPTION_MODELS = ("coca-tiny", "llava-tiny")
 VQA_MODELS = ("llava-tiny", "blip2-tiny", "fuyu-tiny")
@@ -212,7 +212,7 @@ def format_tables(report: dict[str, Any]) -> str:
     """Markdown tables: captioning per model and baseline, VQA per family, training per run."""
     trainings, machine = report["trainings"], report["machine"]
     lines = ["| model | trained on | steps (batch) | seconds | final loss |", "| --- | --- | ---: | ---: | ---: |"]
-    for run, training in trainings.items():
+    for training in trainings.values():
         lines.append(f"| {training['recipe']} | {training['data']} | {training['steps']} ({training['batch_size']}) "
                      f"| {training['seconds']:.0f} | {training['final_loss']:.3f} |")
     lines.append(f"\nload average (1 min): {machine['load_average_start']:.2f} at start, "
@@ -230,8 +230,8 @@ def format_tables(report: dict[str, Any]) -> str:
         lines.append(f"| {name} | {steps} | " + " | ".join(values) + " |")
     vqa = report["vqa"]
     first = next(iter(vqa.values()))
-    lines += ["", f"VQA accuracy (%), {first['num_questions']} held-out questions "
-              f"({', '.join(f'{f} {n}' for f, n in first['questions_per_family'].items())}):", "",
+    families = ", ".join(f"{family} {count}" for family, count in first["questions_per_family"].items())
+    lines += ["", f"VQA accuracy (%), {first['num_questions']} held-out questions ({families}):", "",
               "| model | steps | overall | " + " | ".join(FAMILIES) + " |", "| --- | ---: | ---: |"
               + " ---: |" * len(FAMILIES)]
     for name, entry in vqa.items():

@@ -43,7 +43,7 @@ def check_report(bench, report: dict) -> None:
 
     vqa = report["vqa"]
     assert set(bench.VQA_MODELS) <= set(vqa) and len(vqa) == len(bench.VQA_MODELS) + 2
-    for name, entry in vqa.items():
+    for entry in vqa.values():
         assert 0 <= entry["accuracy"] <= 100 and set(entry["per_family"]) == set(bench.FAMILIES)
         assert sum(entry["questions_per_family"].values()) == entry["num_questions"] > 40
         assert all(n >= 1 for n in entry["distinct_answers_per_family"].values())
