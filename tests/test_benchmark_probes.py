@@ -1,0 +1,24 @@
+"""benchmarks/probes_hardneg.py end to end at a tiny size."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "probes_hardneg.py"
+TINY = ["model.vision.image_size=32", "model.vision.width=32", "model.vision.layers=1", "model.vision.heads=2",
+        "model.text.width=32", "model.text.layers=1", "model.text.heads=2", "model.embed_dim=16",
+        "tokenizer.vocab_size=300", "train.precision=fp32"]
+
+
+def test_probes_benchmark_reports_both_models_and_the_targets(tmp_path):
+    command = [sys.executable, str(SCRIPT), "--minutes", "0.05", "--train-size", "120", "--eval-size", "60",
+               "--workdir", str(tmp_path), "--sequential", "--json"]
+    for item in TINY:
+        command += ["--set", item]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    assert set(report["results"]) == {"clip-tiny", "clip-tiny-hardneg"}
+    for result in report["results"].values():
+        assert "aro_relation" in result["probes"] and 0 <= result["zeroshot_acc1"] <= 1
+    assert len(report["targets"]) == 3
