@@ -6,7 +6,7 @@ embedding space, plus a learnable log-temperature (and, for SigLIP, a bias).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlmkit import losses
-from vlmkit.models.pretrained import PretrainedMixin
+from vlmkit.models.pretrained import PretrainedMixin, config_from_dict
 from vlmkit.models.scoring import ContrastiveScoring
 from vlmkit.modules import ProjectionHead, TextConfig, TextTransformer, VisionConfig, VisionTransformer
 
@@ -79,25 +79,8 @@ class ContrastiveConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ContrastiveConfig":
-        data = dict(data)
-        data.pop("vlmkit_version", None)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys {unknown}; known: {sorted(known)}")
-        nested = {"vision": VisionConfig, "text": TextConfig, "preprocess": PreprocessConfig}
-        for name, sub in nested.items():
-            if isinstance(data.get(name), dict):
-                sub_known = {f.name for f in fields(sub)}
-                bad = sorted(set(data[name]) - sub_known)
-                if bad:
-                    raise ValueError(f"unknown model.{name} keys {bad}; known: {sorted(sub_known)}")
-                values = dict(data[name])
-                for key in ("mean", "std"):
-                    if key in values:
-                        values[key] = tuple(values[key])
-                data[name] = sub(**values)
-        return cls(**data)
+        return config_from_dict(cls, data, {"vision": VisionConfig, "text": TextConfig,
+                                            "preprocess": PreprocessConfig})
 
 
 class ContrastiveModel(ContrastiveScoring, nn.Module, PretrainedMixin):

@@ -25,7 +25,8 @@ from torch import nn
 from vlmkit import losses
 from vlmkit.generation import DecodingState
 from vlmkit.models.clip import PreprocessConfig
-from vlmkit.models.prefix_lm import IGNORE, LanguageModelVLM, config_from_dict
+from vlmkit.models.prefix_lm import IGNORE, LanguageModelVLM
+from vlmkit.models.pretrained import config_from_dict
 from vlmkit.models.pretrained import PretrainedMixin
 from vlmkit.models.scoring import ContrastiveScoring
 from vlmkit.modules.heads import ProjectionHead

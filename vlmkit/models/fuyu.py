@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from vlmkit.models.clip import PreprocessConfig
-from vlmkit.models.prefix_lm import IMAGE_TOKEN, LanguageModelVLM, config_from_dict
+from vlmkit.models.prefix_lm import IMAGE_TOKEN, LanguageModelVLM
+from vlmkit.models.pretrained import config_from_dict
 from vlmkit.models.pretrained import PretrainedMixin
 from vlmkit.modules.language import CausalLM, LanguageConfig
 

@@ -8,7 +8,7 @@ live in ``LanguageModelVLM``, which Fuyu (patches in the sequence) and CoCa (ima
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,7 +18,7 @@ from torch import nn
 
 from vlmkit.generation import DecodingConfig, DecodingState, generate
 from vlmkit.models.clip import PreprocessConfig
-from vlmkit.models.pretrained import PretrainedMixin
+from vlmkit.models.pretrained import PretrainedMixin, config_from_dict
 from vlmkit.modules.connectors import Connector, ConnectorConfig
 from vlmkit.modules.language import CausalLM, LanguageConfig
 from vlmkit.modules.vision import VisionConfig, VisionTransformer
@@ -49,25 +49,6 @@ class PrefixLMConfig:
     def from_dict(cls, data: dict[str, Any]) -> "PrefixLMConfig":
         return config_from_dict(cls, data, {"vision": VisionConfig, "connector": ConnectorConfig,
                                             "language": LanguageConfig, "preprocess": PreprocessConfig})
-
-
-def config_from_dict(cls: Any, data: dict[str, Any], nested: dict[str, Any]) -> Any:
-    """A model config dataclass ``cls`` from a recipe's or config.json's dict; ``nested`` maps section names to
-    their dataclasses. Unknown keys are errors that list the known ones."""
-    data = {key: value for key, value in data.items() if key not in ("architecture", "vlmkit_version")}
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown model config keys {unknown}; known: {sorted(known)}")
-    for name, sub in nested.items():
-        if isinstance(data.get(name), dict):
-            sub_known = {f.name for f in fields(sub)}
-            bad = sorted(set(data[name]) - sub_known)
-            if bad:
-                raise ValueError(f"unknown model.{name} keys {bad}; known: {sorted(sub_known)}")
-            values = {k: tuple(v) if k in ("mean", "std") else v for k, v in data[name].items()}
-            data[name] = sub(**values)
-    return cls(**data)
 
 
 def build_language_model(config: LanguageConfig, saved: str | Path | None = None) -> nn.Module:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,27 @@ def _without_tied_copies(state: dict[str, torch.Tensor]) -> tuple[dict[str, torc
         seen[key] = name
         kept[name] = tensor
     return kept, aliases
+
+
+def config_from_dict(cls: Any, data: dict[str, Any], nested: dict[str, Any]) -> Any:
+    """A model config dataclass ``cls`` from a recipe's or config.json's dict; ``nested`` maps section names to
+    their dataclasses. Unknown keys are errors that list the known ones."""
+    known = {f.name for f in fields(cls)}
+    # bookkeeping of config.json; "architecture" is also a field of some configs (clip | siglip)
+    data = {key: value for key, value in data.items()
+            if key != "vlmkit_version" and (key != "architecture" or key in known)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown model config keys {unknown}; known: {sorted(known)}")
+    for name, sub in nested.items():
+        if isinstance(data.get(name), dict):
+            sub_known = {f.name for f in fields(sub)}
+            bad = sorted(set(data[name]) - sub_known)
+            if bad:
+                raise ValueError(f"unknown model.{name} keys {bad}; known: {sorted(sub_known)}")
+            values = {k: tuple(v) if k in ("mean", "std") else v for k, v in data[name].items()}
+            data[name] = sub(**values)
+    return cls(**data)
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
