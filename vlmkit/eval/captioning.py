@@ -11,7 +11,6 @@ references of images without a prediction are counted in ``num_unscored_images``
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Hashable, Mapping, Sequence
@@ -102,22 +101,13 @@ def caption_metrics(predictions: Mapping[Hashable, str | Sequence[str]], referen
 
 def read_caption_results(path: str | os.PathLike) -> dict[str, str]:
     """A COCO captioning results file ``[{"image_id": 42, "caption": "..."}, ...]`` -> {str(image_id): caption}."""
-    path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8-sig") as stream:
-            rows = json.load(stream)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: invalid JSON ({error})") from None
-    if not isinstance(rows, list):
-        raise ValueError(f"{path}: a results file is a JSON list of {{\"image_id\", \"caption\"}} objects")
+    from vlmkit.eval.record import read_results_rows
+
     predictions: dict[str, str] = {}
-    for number, row in enumerate(rows):
-        if not isinstance(row, dict) or "image_id" not in row or not isinstance(row.get("caption"), str):
-            raise ValueError(f"{path}: entry {number} needs an 'image_id' and a 'caption' string")
-        key = str(row["image_id"])
-        if key in predictions:
-            raise ValueError(f"{path}: image_id {row['image_id']!r} has more than one caption (give one per image)")
-        predictions[key] = row["caption"]
+    for image_id, caption in read_results_rows(path, "image_id", "caption"):
+        if str(image_id) in predictions:
+            raise ValueError(f"{os.fspath(path)}: image_id {image_id!r} has more than one caption (give one per image)")
+        predictions[str(image_id)] = caption
     return predictions
 
 

@@ -71,3 +71,24 @@ def write_json(path: str | os.PathLike, obj: Any) -> str:
     text = json.dumps(_to_jsonable(obj), indent=2) + "\n"
     atomic_write_text(target, text)
     return str(target)
+
+
+def read_results_rows(path: str | os.PathLike, id_field: str, text_field: str) -> list[tuple[Any, str]]:
+    """(id, text) of every entry of a results file, a JSON list of ``{id_field: ..., text_field: "..."}`` objects
+    (COCO captioning and VQA results); malformed files and entries are one-line errors naming the entry."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8-sig") as stream:
+            rows = json.load(stream)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: invalid JSON ({error})") from None
+    if not isinstance(rows, list):
+        raise ValueError(f'{path}: a results file is a JSON list of {{"{id_field}", "{text_field}"}} objects')
+    pairs = []
+    for number, row in enumerate(rows):
+        if not isinstance(row, dict) or id_field not in row or not isinstance(row.get(text_field), str):
+            raise ValueError(f"{path}: entry {number} needs {id_field!r} and a {text_field!r} string")
+        if not isinstance(row[id_field], (int, str)):
+            raise ValueError(f"{path}: entry {number}: {id_field} must be a number or a string")
+        pairs.append((row[id_field], row[text_field]))
+    return pairs

@@ -10,7 +10,6 @@ questions with a prediction are scored; annotated questions without one are coun
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any, Hashable, Mapping, Sequence
@@ -58,24 +57,13 @@ def evaluate_vqa(predictions: Mapping[Hashable, str], questions: Sequence[Any]) 
 
 def read_vqa_results(path: str | os.PathLike) -> dict[Any, str]:
     """A VQA results file ``[{"question_id": 1, "answer": "yes"}, ...]`` -> {question_id: answer}."""
-    path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8-sig") as stream:
-            rows = json.load(stream)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: invalid JSON ({error})") from None
-    if not isinstance(rows, list):
-        raise ValueError(f'{path}: a results file is a JSON list of {{"question_id", "answer"}} objects')
+    from vlmkit.eval.record import read_results_rows
+
     predictions: dict[Any, str] = {}
-    for number, row in enumerate(rows):
-        if not isinstance(row, dict) or "question_id" not in row or not isinstance(row.get("answer"), str):
-            raise ValueError(f"{path}: entry {number} needs a 'question_id' and an 'answer' string")
-        key = row["question_id"]
-        if not isinstance(key, (int, str)):
-            raise ValueError(f"{path}: entry {number}: question_id must be a number or a string")
-        if key in predictions:
-            raise ValueError(f"{path}: question_id {key!r} is answered twice")
-        predictions[key] = row["answer"]
+    for question_id, answer in read_results_rows(path, "question_id", "answer"):
+        if question_id in predictions:
+            raise ValueError(f"{os.fspath(path)}: question_id {question_id!r} is answered twice")
+        predictions[question_id] = answer
     return predictions
 
 
