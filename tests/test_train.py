@@ -111,6 +111,20 @@ def test_time_budget_fits_the_schedule(synth_data, tiny_overrides, tmp_path):
     assert result.seconds < 0.15 * 60 + 10
 
 
+def test_cpu_clock_budget_counts_this_process_cpu_time(synth_data, tiny_overrides, tmp_path):
+    config = load_config("clip-tiny", tiny_overrides + ["train.steps=null", "train.minutes=0.1", "train.clock=cpu"])
+    cpu_start = time.process_time()
+    result = train(config, data=synth_data / "captions.csv", out=tmp_path / "run", progress=False)
+    cpu_used = time.process_time() - cpu_start
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["clock"] == "cpu" and result.steps >= 14
+    # the budget ran out on CPU seconds the run itself spent (not wall time, which includes waiting)
+    assert 0.1 * 60 <= summary["budget_elapsed_s"] <= cpu_used + 0.5
+    with pytest.raises(ValueError, match="train.clock"):
+        train(load_config("clip-tiny", tiny_overrides + ["train.clock=gpu"]), data=synth_data / "captions.csv",
+              out=tmp_path / "bad", progress=False)
+
+
 def test_bf16_precisions_train(synth_data, tiny_overrides, tmp_path):
     for precision in ("bf16-mixed", "bf16"):
         config = load_config("clip-tiny", tiny_overrides + ["train.steps=2", f"train.precision={precision}"])

@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
         "freeze": None,  # lock these parts for this run, replacing the model's own freeze (e.g. [vision])
         "steps": 1000,
         "minutes": None,  # a time budget: with steps: null the schedule is fitted to it; otherwise a cap
+        "clock": "wall",  # what train.minutes counts: wall (elapsed time) | cpu (this process's CPU time, all threads)
         "batch_size": 128,  # global batch per optimizer step (split across processes and accumulation)
         "lr": 5.0e-4,
         "lr_scales": {},  # per-module multipliers of lr, by parameter-name prefix, e.g. {visual: 0.1, connector: 1}

@@ -131,6 +131,7 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
         raise ValueError("give train.steps or train.minutes (a time budget)")
     warmup = warmup_steps(tcfg, total_steps)
     budget_s = float(tcfg["minutes"]) * 60.0 if tcfg.get("minutes") else None
+    budget_clock = _budget_clock(tcfg)
 
     sampler = ResumableBatchSampler(len(dataset), int(tcfg["batch_size"]), seed=seed, rank=runtime.rank,
                                     world_size=runtime.world_size, start_step=start_step)
@@ -153,6 +154,7 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
     bar = _progress_bar(main and progress, start_step, total_steps)
     step, window_loss, window_samples, window_start = start_step, [], 0, time.perf_counter()
     run_start, elapsed_before = time.perf_counter(), float(state.get("elapsed_s", 0.0))
+    wall_before, budget_start = float(state.get("wall_s", elapsed_before)), budget_clock()
     last_loss, validation = math.nan, {}
 
     trained.train()
@@ -174,13 +176,12 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
             state["samples_seen"] = int(state.get("samples_seen", 0)) + len(batch["images"]) * runtime.world_size
 
             if total_steps is None and step == CALIBRATION_STEPS + 2:
-                total_steps = _fit_steps_to_budget(step, time.perf_counter() - run_start, budget_s, runtime)
+                total_steps = _fit_steps_to_budget(step, budget_clock() - budget_start, budget_s, runtime)
                 state["total_steps"] = total_steps
                 if bar is not None:
                     bar.total = total_steps
                     bar.refresh()
-            step_end = time.perf_counter()
-            elapsed = elapsed_before + step_end - run_start
+            elapsed = elapsed_before + budget_clock() - budget_start  # on the budget's clock
             if step % log_every == 0 or step == total_steps:
                 seconds = time.perf_counter() - window_start
                 record = {"step": step, "loss": distributed.all_reduce_mean(sum(window_loss) / len(window_loss)),
@@ -200,14 +201,16 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
             if validator is not None and eval_every and step % eval_every == 0 and not finished:
                 validation = validator.run(step, run_dir)
             if (ckpt_every and step % ckpt_every == 0) or finished:
-                state.update(elapsed_s=elapsed, bad_samples=bad.as_dict(), total_steps=total_steps)
+                state.update(elapsed_s=elapsed, wall_s=wall_before + time.perf_counter() - run_start,
+                             bad_samples=bad.as_dict(), total_steps=total_steps)
                 _save(run_dir, step, model, optimizer, state, main)
             window_start += time.perf_counter() - pause_start  # throughput counts training, not checkpoints or eval
             if finished:
                 break
     if bar is not None:
         bar.close()
-    seconds = elapsed_before + time.perf_counter() - run_start
+    seconds = wall_before + time.perf_counter() - run_start
+    budget_elapsed = elapsed_before + budget_clock() - budget_start
     if validator is not None:
         validation = validator.run(step, run_dir)
     model_dir = run_dir / "model"
@@ -215,6 +218,7 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
         model.save_pretrained(model_dir)
         _plot(run_dir)
         summary = {"steps": step, "total_steps": total_steps, "seconds": round(seconds, 2),
+                   "clock": tcfg.get("clock") or "wall", "budget_elapsed_s": round(budget_elapsed, 2),
                    "samples_seen": state.get("samples_seen", 0), "final_loss": last_loss,
                    "bad_samples": bad.as_dict(), "validation": validation, "stopped_early": stop.requested}
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -224,6 +228,14 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
     return TrainResult(run_dir=run_dir, model_dir=model_dir, steps=step, seconds=seconds,
                        samples_per_s=state.get("samples_seen", 0) / max(seconds, 1e-9), final_loss=last_loss,
                        bad_samples=bad.as_dict(), validation=validation)
+
+
+def _budget_clock(tcfg: dict[str, Any]) -> Any:
+    """The clock that train.minutes counts: elapsed time, or this process's CPU time (every thread)."""
+    clock = str(tcfg.get("clock") or "wall")
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"train.clock must be wall or cpu, not {clock!r}")
+    return time.process_time if clock == "cpu" else time.perf_counter
 
 
 def _fit_steps_to_budget(step: int, seconds: float, budget_s: float | None, runtime: Any) -> int:
