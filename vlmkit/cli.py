@@ -21,6 +21,7 @@ EPILOG = """examples:
   vlmkit classify cat.jpg --model hf:openai/clip-vit-base-patch32 --labels cat,dog,car
   vlmkit caption photo.jpg --model path/to/blip ; vlmkit ask photo.jpg "what color is the car?" --model path/to/vilt
   vlmkit convert hf:openai/clip-vit-base-patch32 --to native --out models/clip-b32
+  vlmkit serve --model runs/clip --index photos.index --port 8000
   vlmkit demo --out demo
 """
 
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     from vlmkit.cli_use import add_commands
 
     add_commands(commands)
+    from vlmkit.cli_serve import add_commands as add_serve_commands
+
+    add_serve_commands(commands)
 
     recipes = commands.add_parser("recipes", help="list the built-in recipes")
     recipes.set_defaults(func=cmd_recipes)
