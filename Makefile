@@ -7,7 +7,7 @@ PIP_TORCH_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-all bench clean
+.PHONY: venv browser demo test test-all bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,18 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/vlmkit demo --out demo
 
-test: $(STAMP)
+# Debian's chromium for the web page's browser tests (tests/serve), installed once; without root or apt the tests
+# that need it are skipped.
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		(apt-get update && apt-get install -y chromium chromium-driver) || \
+		echo "make browser: could not install chromium (needs root and apt-get); the browser tests will be skipped"; \
+	fi
+
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
-test-all: $(STAMP)
+test-all: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m ''
 
 clean:
