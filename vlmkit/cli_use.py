@@ -22,6 +22,14 @@ def add_commands(commands: Any) -> None:
     embed.add_argument("--out", required=True, help="output .npy (ids go to NAME.ids.json) or .parquet")
     embed.add_argument("--batch-size", type=int, default=64)
     embed.add_argument("--workers", type=int, default=0, help="image decoding worker processes")
+    embed.add_argument("--executor", choices=["local", "ray"], default="local",
+                       help="local (worker processes, the default) or ray (Ray Data: a cluster, or a local Ray "
+                            "instance when no --ray-address; needs pip install 'vlmkit[ray]' and --model as a path "
+                            "or spec every worker can load)")
+    embed.add_argument("--ray-address", help="address of a running Ray cluster (e.g. ray://head:10001 or auto)")
+    embed.add_argument("--work", metavar="DIR",
+                       help="keep the job's per-shard results here, so an interrupted run resumes where it stopped "
+                            "(default: a temporary folder)")
     embed.add_argument("--on-bad-sample", choices=["skip", "error"], default="skip")
     embed.add_argument("--no-progress", action="store_true")
     embed.set_defaults(func=cmd_embed)
@@ -114,8 +122,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     model = load_model(args)
     if args.images:
-        result = embed_image_files(model, args.images, batch_size=args.batch_size, workers=args.workers,
-                                   progress=not args.no_progress, on_bad_sample=args.on_bad_sample)
+        result = embed_image_files(args.model if args.executor == "ray" else model, args.images,
+                                   batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress,
+                                   on_bad_sample=args.on_bad_sample, executor=args.executor,
+                                   ray_address=args.ray_address, work_dir=args.work)
     else:
         result = embed_texts(model, read_texts(args.texts, args.text_column), batch_size=args.batch_size,
                              progress=not args.no_progress)

@@ -92,9 +92,10 @@ def test_commands_say_plainly_when_a_model_lacks_the_capability(tiny_run, image_
 
 def test_embed_and_classify_commands(tiny_run, image_files, tmp_path):
     result = run_cli("embed", "--model", str(tiny_run), "--images", str(image_files), "--out",
-                     str(tmp_path / "images.npy"), "--no-progress")
+                     str(tmp_path / "images.npy"), "--no-progress", "--work", str(tmp_path / "work"))
     assert result.returncode == 0, result.stderr
     assert "embedded 4 images" in result.stdout and "skipped 1 sample" in result.stdout
+    assert json.loads((tmp_path / "work" / "progress.json").read_text())["finished"]  # resumable job folder
     (tmp_path / "texts.txt").write_text("\n".join(TEXTS))
     result = run_cli("embed", "--model", str(tiny_run), "--texts", str(tmp_path / "texts.txt"), "--out",
                      str(tmp_path / "texts.npy"), "--no-progress")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import vlmkit
-from vlmkit.apps.embed import embed_image_files
+from vlmkit.data.decode import decode_image
 from vlmkit.batch import EmbedImages, WorkDir, plan_units, read_results, run_job
 
 
@@ -65,9 +65,11 @@ def test_local_executor_matches_direct_embedding(tiny_run, synth_data, tmp_path)
     summary = run_job(EmbedImages(tiny_run, batch_size=32), units, tmp_path / "work", workers=1, progress=False)
     assert (summary.units_done, summary.units_skipped, summary.rows, summary.bad) == (3, 0, 240, 0)
     table = read_results(tmp_path / "work")
-    direct = embed_image_files(vlmkit.load(tiny_run), [synth_data / "shards"], batch_size=50)
-    assert table.ids == direct.ids
-    np.testing.assert_allclose(table.vectors, direct.vectors, atol=1e-5)
+    model = vlmkit.load(tiny_run)
+    records = [record for unit in units for record in unit.records]
+    images = [decode_image(record.image.read())[0] for record in records]
+    assert table.ids == [record.id for record in records]
+    np.testing.assert_allclose(table.vectors, model.encode_image(images).numpy(), atol=1e-5)
     assert table.columns["width"][0] == 32 and len(table.columns["sha256"][0]) == 64
     assert table.columns["unit"][0] == units[0].name and table.columns["offset"][0] is not None
 

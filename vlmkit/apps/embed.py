@@ -11,10 +11,9 @@ import numpy as np
 import torch
 
 from vlmkit.capabilities import require
-from vlmkit.data.decode import DEFAULT_MAX_PIXELS, BadSample, decode_image
+from vlmkit.data.decode import DEFAULT_MAX_PIXELS
 from vlmkit.data.report import BadSampleReport
-from vlmkit.data.shards import IMAGE_EXTENSIONS
-from vlmkit.data.sources import ImageRef, detect_format, group_by_image, load_samples
+from vlmkit.data.sources import load_samples
 
 
 @dataclass
@@ -26,88 +25,34 @@ class Embeddings:
     report: BadSampleReport = field(default_factory=BadSampleReport)
 
 
-def image_inputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, ImageRef]]:
-    """(id, image) pairs from image files, folders of images, manifests (CSV/TSV/JSONL, COCO) or shards.
-
-    A folder is read as a dataset when it holds a manifest or shards, else every image file in it is taken.
-    Each image appears once, in input order.
-    """
-    pairs: list[tuple[str, ImageRef]] = []
-    seen: set[tuple[str, int | None]] = set()
-    for item in inputs:
-        path = str(item)
-        extension = os.path.splitext(path)[1].lower().lstrip(".")
-        if os.path.isfile(path) and extension in IMAGE_EXTENSIONS:
-            found = [(path, ImageRef(path))]
-        else:
-            if not os.path.exists(path) and "{" not in path and "*" not in path:
-                raise FileNotFoundError(f"no such image, folder or manifest: {path}")
-            samples = group_by_image(load_samples(path, fmt=detect_format(path)))
-            found = [(sample.image.path if sample.image.offset is None else sample.key, sample.image)
-                     for sample in samples]
-        for identifier, ref in found:
-            if (ref.path, ref.offset) not in seen:
-                seen.add((ref.path, ref.offset))
-                pairs.append((identifier, ref))
-    if not pairs:
-        raise ValueError("no images found in the inputs")
-    return pairs
-
-
-class _ImageDataset(torch.utils.data.Dataset):
-    """Decodes safely in worker processes; a bad image comes back as its BadSample reason."""
-
-    def __init__(self, refs: list[ImageRef], transform: Any, max_pixels: int) -> None:
-        self.refs, self.transform, self.max_pixels = refs, transform, max_pixels
-
-    def __len__(self) -> int:
-        return len(self.refs)
-
-    def __getitem__(self, index: int) -> tuple[int, Any]:
-        try:
-            image, _ = decode_image(self.refs[index].read(), max_pixels=self.max_pixels)
-        except BadSample as bad:
-            return index, bad
-        return index, self.transform(image)
-
-
-def _collate(items: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
-    return items
-
-
-@torch.no_grad()
 def embed_image_files(model: Any, inputs: Sequence[str | os.PathLike], *, batch_size: int = 64, workers: int = 0,
-                      progress: bool = False, on_bad_sample: str = "skip",
-                      max_pixels: int = DEFAULT_MAX_PIXELS) -> Embeddings:
-    """Embed every image named by ``inputs`` (see :func:`image_inputs`) with the model's own preprocessing.
+                      progress: bool = False, on_bad_sample: str = "skip", max_pixels: int = DEFAULT_MAX_PIXELS,
+                      executor: str = "local", ray_address: str | None = None,
+                      work_dir: str | os.PathLike | None = None) -> Embeddings:
+    """Embed every image named by ``inputs`` (image files, folders, manifests or shards; each image once, in input
+    order) with the model's own preprocessing, through the batch-job layer (:mod:`vlmkit.batch`).
 
+    ``model`` is a loaded model, or a spec (folder, ``hf:ID``, ...) which ``executor="ray"`` needs. With
+    ``work_dir`` the job is resumable there (run again after an interruption); without, a temporary folder is used.
     Undecodable images are skipped and counted in the result's ``report`` (``on_bad_sample="error"`` raises).
     """
-    require(model, "encode_image", "embed images")
-    pairs = image_inputs(inputs)
-    dataset = _ImageDataset([ref for _, ref in pairs], model.image_transform, max_pixels)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
-    report = BadSampleReport()
-    ids, chunks = [], []
-    batches = loader
-    if progress:
-        from tqdm import tqdm
+    import tempfile
 
-        batches = tqdm(loader, desc="embedding images", unit="batch")
-    for batch in batches:
-        good = []
-        for index, item in batch:
-            if isinstance(item, BadSample):
-                if on_bad_sample == "error":
-                    raise item
-                report.skip(item.reason, key=pairs[index][0])
-            else:
-                good.append((index, item))
-        if good:
-            chunks.append(model.encode_image(torch.stack([tensor for _, tensor in good])).float().cpu())
-            ids.extend(pairs[index][0] for index, _ in good)
-    vectors = torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), dtype=np.float32)
-    return Embeddings(ids, vectors, report)
+    from vlmkit.batch import EmbedImages, plan_units, read_results, run_job
+
+    if not isinstance(model, (str, os.PathLike)):
+        require(model, "encode_image", "embed images")
+    units = plan_units(list(inputs))
+    job = EmbedImages(model, batch_size=batch_size, max_pixels=max_pixels)
+    with tempfile.TemporaryDirectory(prefix="vlmkit-embed-") as temporary:
+        folder = Path(work_dir) if work_dir is not None else Path(temporary)
+        run_job(job, units, folder, executor=executor, workers=workers, ray_address=ray_address,
+                progress=progress, on_bad_sample=on_bad_sample)
+        table = read_results(folder)
+    report = BadSampleReport()
+    for entry in table.bad:
+        report.skip(entry["reason"], key=entry["id"])
+    return Embeddings(table.ids, table.vectors, report)
 
 
 @torch.no_grad()
