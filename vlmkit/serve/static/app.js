@@ -154,6 +154,7 @@ function renderResults(results, started) {
     const card = document.createElement("figure");
     card.className = "result";
     card.dataset.id = result.id;
+    card.title = `${result.caption || result.key} (${result.width}×${result.height})`;
     const image = document.createElement("img");
     image.alt = result.caption || result.key;
     image.loading = "lazy";
@@ -253,7 +254,8 @@ function setupImagePanels() {
     guarded("caption-error", event.submitter, async () => {
       const form = new FormData();
       form.append("image", chosenFile("caption-file", files));
-      $("caption-output").textContent = (await api("/v1/caption", { method: "POST", body: form })).caption;
+      const { caption } = await api("/v1/caption", { method: "POST", body: form });
+      $("caption-output").textContent = caption || "(the model returned an empty caption)";
     });
   });
   $("ask-form").addEventListener("submit", (event) => {
@@ -264,7 +266,8 @@ function setupImagePanels() {
       const form = new FormData();
       form.append("image", chosenFile("ask-file", files));
       form.append("question", question);
-      $("ask-output").textContent = (await api("/v1/ask", { method: "POST", body: form })).answer;
+      const { answer } = await api("/v1/ask", { method: "POST", body: form });
+      $("ask-output").textContent = answer || "(the model returned an empty answer)";
     });
   });
 }
