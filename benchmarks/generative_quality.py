@@ -41,6 +41,7 @@ from lit_vs_scratch import trained_run  # a sibling benchmark's helper
 CAPTION_MODELS = ("coca-tiny", "llava-tiny")
 VQA_MODELS = ("llava-tiny", "blip2-tiny", "fuyu-tiny")
 NN_MODEL = "clip-tiny"  # the nearest-neighbour captioning baseline's image encoder
+PREFIX_MODELS = ("llava-tiny", "blip2-tiny")  # the models with a CLIP-style vision tower (--vision-from-clip)
 # The families of vlmkit/data/scene_vqa.py and the question_type strings each one writes.
 FAMILIES = {"existence": ("is there a",), "color": ("what color is the",), "shape": ("what shape is the",),
             "count": ("how many",), "relation": ("where is the", "is the")}
@@ -78,15 +79,24 @@ def prepare_data(workdir: Path, train_size: int, eval_size: int, image_size: int
     return folders["train"], folders["heldout"]
 
 
-def training_jobs(train_dir: Path, tiny: bool) -> list[dict[str, Any]]:
-    """One job per trained model: run name, recipe, data file and the job's own overrides."""
+def training_jobs(train_dir: Path, tiny: bool, vision_from_clip: Path | None = None) -> list[dict[str, Any]]:
+    """One job per trained model: run name, recipe, data file, the job's own overrides and its report label.
+
+    With ``vision_from_clip`` (the clip-tiny run's model folder), the LLaVA- and BLIP-2-style models are trained a
+    second time with their vision tower starting from that CLIP (``train.init_vision``), as LLaVA and BLIP-2 start
+    from a pretrained CLIP: runs ``<recipe>-<task>-clipvision``."""
     vqa = [f"data.vqa_annotations={train_dir / 'vqa_annotations.json'}"]
     jobs = [{"run": f"{recipe}-captions", "recipe": recipe, "data": str(train_dir / "captions.csv"), "overrides": []}
             for recipe in (*CAPTION_MODELS, NN_MODEL)]
     jobs += [{"run": f"{recipe}-vqa", "recipe": recipe, "data": str(train_dir / "vqa_questions.json"),
               "overrides": vqa} for recipe in VQA_MODELS]
+    if vision_from_clip is not None:
+        jobs += [{**job, "run": f"{job['run']}-clipvision", "vision_from": str(vision_from_clip),
+                  "overrides": job["overrides"] + [f"train.init_vision={vision_from_clip}"]}
+                 for job in list(jobs) if job["recipe"] in PREFIX_MODELS]
     for job in jobs:
         job["overrides"] = (TINY_OVERRIDES[job["recipe"]] + _TINY_COMMON if tiny else []) + job["overrides"]
+        job["label"] = job["recipe"] + (f" (vision from {NN_MODEL})" if job.get("vision_from") else "")
     return jobs
 
 
@@ -127,7 +137,9 @@ def finished_run(job: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     from vlmkit.config import load_config
 
     batch_size = int(load_config(run_dir / "config.yaml")["train"]["batch_size"])
+    summary = json.loads((run_dir / "summary.json").read_text())
     return {"recipe": job["recipe"], "data": Path(job["data"]).name, "batch_size": batch_size,
+            "clock": summary.get("clock"), "budget_elapsed_s": summary.get("budget_elapsed_s"),
             **trained_run(run_dir)}
 
 
@@ -262,6 +274,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sequential", action="store_true",
                         help="train one model after the other with all threads (default: side by side, 1 thread each)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate the finished runs in --workdir")
+    parser.add_argument("--vision-from-clip", action="store_true",
+                        help="also train llava-tiny and blip2-tiny with the vision tower of the clip-tiny run "
+                             "(train.init_vision; that run trains first)")
+    parser.add_argument("--train-only", metavar="RUNS",
+                        help="comma-separated run names to train; the others are read from finished runs in "
+                             "--workdir (e.g. the -clipvision runs after a first full run)")
     parser.add_argument("--meteor", action="store_true", help="also METEOR (Java, ~10 s to start)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="caption length limit (answers: 6)")
     parser.add_argument("--tiny", action="store_true",
@@ -291,39 +309,54 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                     "load_average_start": os.getloadavg()[0]},
         "trainings": {}, "captioning": {}, "vqa": {}}
-    if args.eval_only:
-        print(f"evaluating the runs in {workdir / 'runs'}", file=sys.stderr)
-        trainings = [finished_run(job, workdir / "runs" / job["run"]) for job in jobs]
-    else:
-        print(f"training {len(jobs)} models ({', '.join(job['run'] for job in jobs)}) "
+    runs_dir = workdir / "runs"
+    clip_job = next(job for job in jobs if job["recipe"] == NN_MODEL)
+    if args.vision_from_clip:
+        jobs = training_jobs(train_dir, args.tiny, runs_dir / clip_job["run"] / "model")
+    to_train = [] if args.eval_only else [job for job in jobs if args.train_only is None
+                                          or job["run"] in args.train_only.split(",")]
+    if args.train_only and not to_train:
+        parser.error(f"--train-only names none of the runs: {', '.join(job['run'] for job in jobs)}")
+    # runs that start from the CLIP's vision tower train after it
+    phases = [[job for job in to_train if not job.get("vision_from")], [job for job in to_train if job.get("vision_from")]]
+    records: dict[str, dict[str, Any]] = {}
+    for phase in phases:
+        if not phase:
+            continue
+        print(f"training {len(phase)} models ({', '.join(job['run'] for job in phase)}) "
               + ("for 3 steps each" if args.tiny else f"for {args.minutes:g} {args.clock} minutes each")
               + (" one after the other" if args.sequential else " side by side, one thread each"), file=sys.stderr)
-        trainings = train_all(jobs, workdir / "runs", args.minutes, args.overrides, args.sequential)
+        for job, record in zip(phase, train_all(phase, runs_dir, args.minutes, args.overrides, args.sequential)):
+            records[job["run"]] = record
+    if to_train:
         report["side_by_side"] = not args.sequential
         report["machine"]["load_average_after_training"] = os.getloadavg()[0]
+    trainings = [records.get(job["run"]) or finished_run(job, runs_dir / job["run"]) for job in jobs]
+    report["trained_now"] = [job["run"] for job in to_train]
     report["trainings"] = {job["run"]: training for job, training in zip(jobs, trainings)}
     model_dirs = {job["run"]: training["model_dir"] for job, training in zip(jobs, trainings)}
 
     heldout_samples, references = caption_references(heldout_dir)
-    for recipe in CAPTION_MODELS:
-        print(f"captioning with {recipe}", file=sys.stderr)
-        run = f"{recipe}-captions"
-        predictions = predict_captions(load(model_dirs[run]), heldout_samples, batch_size=64,
-                                       max_new_tokens=args.max_new_tokens)
-        report["captioning"][recipe] = {"run": run, **score_captions(predictions, references, args.meteor)}
+    for job in jobs:
+        if job["run"].startswith(tuple(f"{recipe}-captions" for recipe in CAPTION_MODELS)):
+            print(f"captioning with {job['run']}", file=sys.stderr)
+            predictions = predict_captions(load(model_dirs[job["run"]]), heldout_samples, batch_size=64,
+                                           max_new_tokens=args.max_new_tokens)
+            report["captioning"][job["label"]] = {"run": job["run"],
+                                                  **score_captions(predictions, references, args.meteor)}
     print(f"nearest-neighbour captions by {NN_MODEL}", file=sys.stderr)
     train_samples, _ = caption_references(train_dir)
-    run = f"{NN_MODEL}-captions"
+    run = clip_job["run"]
     predictions = nearest_neighbour_captions(load(model_dirs[run]), train_samples, heldout_samples)
     report["captioning"][f"nearest-neighbour caption ({NN_MODEL})"] = {
         "run": run, **score_captions(predictions, references, args.meteor)}
 
     questions = load_vqa(heldout_dir / "vqa_questions.json", heldout_dir / "vqa_annotations.json")
-    for recipe in VQA_MODELS:
-        print(f"answering with {recipe}", file=sys.stderr)
-        run = f"{recipe}-vqa"
-        predictions = predict_answers(load(model_dirs[run]), questions, batch_size=64, max_new_tokens=6)
-        report["vqa"][recipe] = {"run": run, **score_answers(predictions, questions)}
+    for job in jobs:
+        if job["run"].startswith(tuple(f"{recipe}-vqa" for recipe in VQA_MODELS)):
+            print(f"answering with {job['run']}", file=sys.stderr)
+            predictions = predict_answers(load(model_dirs[job["run"]]), questions, batch_size=64, max_new_tokens=6)
+            report["vqa"][job["label"]] = {"run": job["run"], **score_answers(predictions, questions)}
     train_questions = load_vqa(train_dir / "vqa_questions.json", train_dir / "vqa_annotations.json")
     report["vqa"]["blind: most frequent answer per question type"] = {
         "run": None, **score_answers(blind_answers(train_questions, questions, by_question=False), questions)}

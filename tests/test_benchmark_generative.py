@@ -62,6 +62,19 @@ def test_tiny_run_json_and_table(bench, tmp_path, capsys):
     table = bench.format_tables(report)
     assert "nearest-neighbour caption (clip-tiny)" in table and "| relation |" in table and "CIDEr-D" in table
 
+    # then LLaVA/BLIP-2 again with the CLIP run's vision tower; the six first runs are read back, not retrained
+    new = [f"{recipe}-clipvision" for recipe in ("llava-tiny-captions", "llava-tiny-vqa", "blip2-tiny-vqa")]
+    again = bench.main(["--tiny", "--sequential", "--workdir", str(tmp_path / "work"), "--vision-from-clip",
+                        "--train-only", ",".join(new)])
+    assert again["trained_now"] == new and set(again["trainings"]) == set(report["trainings"]) | set(new)
+    assert again["trainings"]["coca-tiny-captions"]["steps"] == report["trainings"]["coca-tiny-captions"]["steps"]
+    label = "llava-tiny (vision from clip-tiny)"
+    assert label in again["captioning"] and label in again["vqa"] and "blip2-tiny (vision from clip-tiny)" in again["vqa"]
+    config = (tmp_path / "work" / "runs" / "llava-tiny-vqa-clipvision" / "config.yaml").read_text()
+    assert "clip-tiny-captions/model" in config  # train.init_vision
+    with pytest.raises(SystemExit):
+        bench.main(["--tiny", "--workdir", str(tmp_path / "work"), "--train-only", "nothing-by-that-name"])
+
 
 @pytest.mark.slow
 def test_tiny_side_by_side_then_eval_only(bench, tmp_path):
