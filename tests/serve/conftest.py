@@ -57,7 +57,7 @@ def scene_index(tmp_path_factory, clip_model, scenes):
     """The scenes indexed with ``clip_model`` by the real vlmkit.search (skipped until that package exists)."""
     search = pytest.importorskip("vlmkit.search", reason="vlmkit.search (SearchIndex) is not in this checkout")
     out = tmp_path_factory.mktemp("index") / "scenes.index"
-    search.build_index(clip_model, [scenes / "captions.csv"], out)
+    search.build_index(clip_model, [scenes / "captions.csv"], out, progress=False)
     return search.SearchIndex.open(out)
 
 
