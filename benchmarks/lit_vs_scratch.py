@@ -65,18 +65,21 @@ def train_model(recipe: str, train_dir: Path, run_dir: Path, minutes: float, ove
 
 
 def train_all(recipes: list[str], train_dir: Path, runs_dir: Path, minutes: float, overrides: list[str],
-              sequential: bool) -> list[dict[str, Any]]:
-    """Train each recipe for ``minutes``: one after the other, or at the same time in separate processes with
-    one thread and one data worker each (machine load then falls on all of them alike)."""
+              sequential: bool, run_names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Train each recipe for ``minutes`` into ``runs_dir / name`` (``run_names``, default the recipe names): one
+    after the other, or at the same time in separate processes with one thread and one data worker each (machine
+    load then falls on all of them alike)."""
+    names = run_names or recipes
     if sequential:
-        return [train_model(r, train_dir, runs_dir / r, minutes, overrides) for r in recipes]
+        return [train_model(r, train_dir, runs_dir / name, minutes, overrides) for r, name in zip(recipes, names)]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     overrides = overrides + ["train.threads=1", "data.workers=1"]
     # spawn: a fresh interpreter per run; the executor's processes may start DataLoader workers of their own
     with ProcessPoolExecutor(len(recipes), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(train_model, r, train_dir, runs_dir / r, minutes, overrides) for r in recipes]
+        futures = [pool.submit(train_model, r, train_dir, runs_dir / name, minutes, overrides)
+                   for r, name in zip(recipes, names)]
         return [future.result() for future in futures]
 
 

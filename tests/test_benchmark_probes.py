@@ -22,3 +22,17 @@ def test_probes_benchmark_reports_both_models_and_the_targets(tmp_path):
     for result in report["results"].values():
         assert "aro_relation" in result["probes"] and 0 <= result["zeroshot_acc1"] <= 1
     assert len(report["targets"]) == 3
+
+
+def test_probes_benchmark_warm_start_fine_tunes_both_from_one_plain_run(tmp_path):
+    command = [sys.executable, str(SCRIPT), "--minutes", "0.05", "--warm-start", "0.05", "--clock", "cpu",
+               "--train-size", "120", "--eval-size", "60", "--workdir", str(tmp_path), "--sequential", "--json"]
+    for item in TINY:
+        command += ["--set", item]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    assert report["clock"] == "cpu" and report["warm_start"]["steps"] > 0
+    warm = str(tmp_path / "runs" / "warm-start" / "model")
+    for model in ("clip-tiny", "clip-tiny-hardneg"):  # both arms start from the warm run (train.init)
+        assert warm in (tmp_path / "runs" / model / "config.yaml").read_text()
