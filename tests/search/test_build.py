@@ -6,37 +6,11 @@ import json
 import shutil
 
 import pytest
-import torch
-
 import vlmkit.batch.results as batch_results
 from vlmkit.batch import EmbedImages
 from vlmkit.search import SearchIndex, add_to_index, build_index, remove_from_index, search_image, search_text
 
 pytest.importorskip("pyarrow")
-
-
-@pytest.fixture(scope="package")
-def scenes(tmp_path_factory):
-    """24 scenes at 32 px: images/, captions.csv and 3 shards of 10, 10 and 4."""
-    from vlmkit.data.synth import generate
-
-    folder = tmp_path_factory.mktemp("scenes")
-    generate(folder, 24, seed=0, image_size=32, shard_size=10, workers=1)
-    return folder
-
-
-@pytest.fixture(scope="package")
-def clip_folder(tmp_path_factory, tiny_overrides):
-    """A random tiny CLIP (16-d embeddings) saved as a native model folder."""
-    import vlmkit
-    from vlmkit.config import load_config
-    from vlmkit.data import train_bpe
-
-    tokenizer = train_bpe(["a red circle", "two blue squares", "a green triangle left of a star"] * 5,
-                          vocab_size=300, min_frequency=1)
-    torch.manual_seed(0)
-    model = vlmkit.build_model(load_config("clip-tiny", tiny_overrides)["model"], tokenizer=tokenizer).eval()
-    return model.save_pretrained(tmp_path_factory.mktemp("models") / "clip")
 
 
 @pytest.fixture(scope="package")
