@@ -174,3 +174,9 @@ def test_read_image_bytes_files_shard_members_and_refusals(tmp_path, vectors):
     index.remove(ids=[0])
     with pytest.raises(KeyError):
         index.read_image_bytes(0)
+    shard.write_bytes(shard.read_bytes()[:offset + 3])
+    with pytest.raises(OSError, match="item 1"):
+        index.read_image_bytes(1)
+    shard.unlink()
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        index.read_image_bytes(1)

@@ -143,13 +143,19 @@ class SearchIndex:
 
     def read_image_bytes(self, item_id: int) -> bytes:
         """The encoded bytes of an indexed image (a file, or a member of a tar shard), read from where the index
-        recorded it; raises KeyError for an unknown or removed id (no other path is ever read)."""
+        recorded it. Raises KeyError for an unknown or removed id (no other path is ever read), and
+        FileNotFoundError / OSError when the recorded file is gone or cut short since it was indexed."""
+        from vlmkit.data.decode import BadSample
         from vlmkit.data.sources import ImageRef
 
         row = self.store.item(item_id)
         if row is None:
             raise KeyError(f"no item {item_id} in the index {self.path}")
-        return ImageRef(row["path"], row["offset"], row["size"]).read()
+        try:
+            return ImageRef(row["path"], row["offset"], row["size"]).read()
+        except BadSample as bad:
+            error = FileNotFoundError if bad.reason == "missing_file" else OSError
+            raise error(f"item {item_id}: {bad.detail or bad.reason}") from None
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         """The stored vectors [len(ids), D] float32 of ``ids`` (exact for flat, ivf and ivfpq)."""
