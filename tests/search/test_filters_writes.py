@@ -180,3 +180,22 @@ def test_read_image_bytes_files_shard_members_and_refusals(tmp_path, vectors):
     shard.unlink()
     with pytest.raises(FileNotFoundError, match="no such file"):
         index.read_image_bytes(1)
+
+
+def test_large_filters_go_through_the_faiss_selector_exactly(tmp_path, monkeypatch, vectors):
+    import vlmkit.search.index as index_module
+
+    index = create_index(tmp_path / "ivf", "m", vectors, rows_for(N), index_type="ivf", nlist=8)
+    monkeypatch.setattr(index_module, "EXACT_SUBSET_LIMIT", 0)  # as if the filter matched millions
+    allowed = np.array([i for i, row in enumerate(rows_for(N)) if "dog" in row["caption"].lower()])
+    queries = clustered(5, dim=16, seed=11)
+    _, order = brute_force(vectors[allowed], queries, 10)
+    assert _ids(index.search(queries, 10, where=["caption~dog"], nprobe=8)) == allowed[order].tolist()
+
+
+def test_tombstones_hold_on_an_index_type_that_cannot_remove(tmp_path, vectors):
+    index = create_index(tmp_path / "hnsw", "m", vectors[:300], rows_for(300), index_type="HNSW16,Flat")
+    assert index.remove(ids=list(range(0, 300, 2))) == 150
+    assert index.index.ntotal == 300  # HNSW keeps the vectors; SQLite's tombstones hide them
+    hits = index.search(vectors[:4], 20)
+    assert all(len(row) == 20 and all(hit.id % 2 for hit in row) for row in hits)
