@@ -68,13 +68,24 @@ def test_typing_a_query_shows_results_with_thumbnails(page, index_server, scene_
     assert "5 results" in page.inner_text("#search-status")
 
 
-def test_uploading_an_image_searches_by_image(page, index_server, scenes):
+def test_picking_or_dropping_an_image_searches_by_image(page, index_server, scenes):
     image = sorted((scenes / "images").rglob("*.png"))[3]
     page.goto(index_server)
     page.wait_for_selector("#search-drop:not([hidden])")
     page.set_input_files("#search-file", str(image))
     page.wait_for_selector("#search-results .result")
     assert page.locator("#search-results .result").count() == 12
+    assert float(page.locator("#search-results .score").first.inner_text()) == pytest.approx(1.0, abs=1e-3)
+    first = page.locator("#search-results .result").first.get_attribute("data-id")
+
+    dropped = sorted((scenes / "images").rglob("*.png"))[7]
+    transfer = page.evaluate_handle("""(bytes) => {
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([new Uint8Array(bytes)], "dropped.png", { type: "image/png" }));
+        return transfer;
+    }""", list(dropped.read_bytes()))
+    page.dispatch_event("#search-drop", "drop", {"dataTransfer": transfer})
+    page.wait_for_function(f"() => document.querySelector('#search-results .result').dataset.id !== '{first}'")
     assert float(page.locator("#search-results .score").first.inner_text()) == pytest.approx(1.0, abs=1e-3)
 
 

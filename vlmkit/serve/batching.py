@@ -7,6 +7,7 @@ that arrive within a few milliseconds pays under load (``benchmarks/http_latency
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -40,7 +41,7 @@ class MicroBatcher:
         self.function, self.executor = function, executor
         self.window_s, self.max_batch = window_ms / 1000.0, max_batch
         self.calls = 0  # how many times ``function`` ran: the batching the service did, for tests and benchmarks
-        self._queue: list[_Pending] = []
+        self._queue: collections.deque[_Pending] = collections.deque()
         self._queued_items = 0
         self._arrived = asyncio.Event()  # the queue is not empty
         self._full = asyncio.Event()  # the queue holds at least max_batch items
@@ -68,7 +69,7 @@ class MicroBatcher:
         if self._loop is loop and self._worker is not None and not self._worker.done():
             return
         self._loop, self._arrived, self._full = loop, asyncio.Event(), asyncio.Event()
-        self._queue, self._queued_items = [], 0
+        self._queue, self._queued_items = collections.deque(), 0
         self._worker = loop.create_task(self._gather(), name="vlmkit-micro-batcher")
 
     async def _gather(self) -> None:
@@ -92,7 +93,7 @@ class MicroBatcher:
         """Whole requests from the queue's front, up to ``max_batch`` items (at least one request)."""
         batch, size = [], 0
         while self._queue and (not batch or size + len(self._queue[0].items) <= self.max_batch):
-            pending = self._queue.pop(0)
+            pending = self._queue.popleft()
             batch.append(pending)
             size += len(pending.items)
         self._queued_items -= size
@@ -130,4 +131,4 @@ class MicroBatcher:
         for pending in self._queue:
             if not pending.future.done():
                 pending.future.cancel()
-        self._queue, self._queued_items, self._worker = [], 0, None
+        self._queue, self._queued_items, self._worker = collections.deque(), 0, None
