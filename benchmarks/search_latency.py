@@ -91,9 +91,11 @@ def rss_growth(index_path: Path, dim: int, *, mmap: bool) -> int:
     return int(result.stdout.strip().splitlines()[-1])
 
 
-def measure(kind: str, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, folder: Path) -> dict[str, Any]:
-    """Build one index of ``kind`` and measure it (see the module docstring)."""
+def measure(kind: str, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, folder: Path,
+            threads: int) -> dict[str, Any]:
+    """Build one index of ``kind`` (all threads) and time single queries on ``threads`` FAISS threads."""
     from vlmkit.search import SearchIndex, create_index
+    from vlmkit.search.faiss_index import import_faiss
 
     rows = [{"path": f"/synthetic/{i}.jpg", "sha256": f"{i:064x}"} for i in range(len(vectors))]
     path = folder / f"{kind}-{len(vectors)}"
@@ -101,6 +103,9 @@ def measure(kind: str, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarr
     create_index(path, "synthetic", vectors, rows, index_type=kind).close()
     build_seconds = time.perf_counter() - started
     index = SearchIndex.open(path)
+    faiss = import_faiss()
+    build_threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)
     index.search(queries[:5], K)  # warm-up
     latencies, faiss_latencies, found = [], [], []
     for query in queries:
@@ -111,6 +116,7 @@ def measure(kind: str, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarr
         started = time.perf_counter()
         index.index.search(query[None, :], K * (index.refine_factor if kind == "ivfpq" else 1))
         faiss_latencies.append(time.perf_counter() - started)
+    faiss.omp_set_num_threads(build_threads)
     recall = float(np.mean([len(hits & set(row.tolist())) / K for hits, row in zip(found, truth)]))
     result = {"size": len(vectors), "kind": kind, "factory": index.info["factory"], "build_s": build_seconds,
               "faiss_bytes": (path / "vectors.faiss").stat().st_size,
@@ -128,7 +134,6 @@ def run(sizes: list[int], dim: int, num_queries: int, threads: int) -> dict[str,
     from vlmkit.search.faiss_index import import_faiss
 
     faiss = import_faiss()
-    faiss.omp_set_num_threads(threads)
     results = []
     with tempfile.TemporaryDirectory(prefix="search-latency-") as temporary:
         for size in sizes:
@@ -136,7 +141,7 @@ def run(sizes: list[int], dim: int, num_queries: int, threads: int) -> dict[str,
             queries = synthetic_embeddings(num_queries, dim, seed=0, clusters=max(10, int(np.sqrt(size) / 2)))
             truth = exact_top_k(vectors, queries)
             for kind in KINDS:
-                results.append(measure(kind, vectors, queries, truth, Path(temporary)))
+                results.append(measure(kind, vectors, queries, truth, Path(temporary), threads))
                 print(table([results[-1]], header=len(results) == 1), file=sys.stderr, flush=True)
     return {"benchmark": "search_latency", "dim": dim, "queries": num_queries, "k": K, "threads": threads,
             "faiss": faiss.__version__, "machine": platform.processor() or platform.machine(),
@@ -160,7 +165,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sizes", default="10000,100000", help="comma-separated index sizes")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=200, help="single queries timed per index")
-    parser.add_argument("--threads", type=int, default=1, help="FAISS threads (1: per-request latency)")
+    parser.add_argument("--threads", type=int, default=1, help="FAISS threads while timing queries (1: the "
+                                                               "latency of one request); builds use all")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--tiny", action="store_true", help="a few seconds: 2000 vectors of dim 32, 20 queries")
     args = parser.parse_args(argv)

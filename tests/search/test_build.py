@@ -98,3 +98,21 @@ def test_interrupted_build_resumes_without_embedding_twice(tmp_path, monkeypatch
     monkeypatch.setattr(EmbedImages, "run", counting_run)
     index = build_index(clip_folder, [scenes / "captions.csv"], out, unit_size=8, batch_size=8, progress=False)
     assert index.count == 24 and calls["embedded"] == 16  # the first unit of 8 was not embedded again
+
+
+@pytest.mark.slow
+def test_ray_build_gives_the_local_index(tmp_path, scenes, clip_folder):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        remote = build_index(str(clip_folder), [scenes / "shards"], tmp_path / "ray", executor="ray", progress=False)
+    finally:
+        ray.shutdown()
+    local = build_index(str(clip_folder), [scenes / "shards"], tmp_path / "local", progress=False)
+    assert remote.count == local.count == 24
+    rows = remote.store.rows(range(24)), local.store.rows(range(24))
+    assert [(r["key"], r["sha256"], r["offset"]) for r in rows[0].values()] == \
+           [(r["key"], r["sha256"], r["offset"]) for r in rows[1].values()]
+    import numpy as np
+
+    np.testing.assert_allclose(remote.vectors(np.arange(24)), local.vectors(np.arange(24)), atol=1e-5)

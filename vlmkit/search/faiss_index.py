@@ -5,7 +5,7 @@ Kinds (all inner product on L2-normalised vectors, so a score is a cosine simila
 - ``flat``: ``IndexIDMap2(IndexFlatIP)``, exact; the default below :data:`FLAT_THRESHOLD` vectors.
 - ``ivf``: ``IVF{nlist},Flat`` (spherical k-means centroids, a hash-table direct map so vectors can be read back by
   id); ``nlist`` about 4·sqrt(N), searched with ``nprobe`` lists (default :data:`DEFAULT_NPROBE`).
-- ``ivfpq``: ``IVF{nlist},PQ{m}x{bits}`` for the coarse search plus exact re-ranking of the top
+- ``ivfpq``: ``IVF{nlist},PQ{m}x{bits}np`` for the coarse search plus exact re-ranking of the top
   ``refine_factor * k`` candidates against the float32 vectors kept on disk in ``vectors.npy`` (memory-mapped, so only
   the rows re-ranked are paged in): the RAM cost is the PQ codes, while recall stays close to IVF-Flat.
 - ``custom``: any FAISS factory string (IVF indexes keep their own ids, others are wrapped in ``IndexIDMap2``).
@@ -100,7 +100,8 @@ def plan_index(num_vectors: int, dim: int, index_type: str = "auto", *, flat_thr
         training = min(num_vectors, lists * POINTS_PER_CENTROID)
         bits = 8 if training >= 256 * 39 else max(4, int(math.log2(training / 39)))
         m = _pq_m(dim)
-        return IndexPlan("ivfpq", f"IVF{lists},PQ{m}x{bits}", nlist=lists, nprobe=probes, pq_m=m, pq_bits=bits,
+        # "np": no polysemous training, which FAISS's factory otherwise runs (10x the training time, unused here)
+        return IndexPlan("ivfpq", f"IVF{lists},PQ{m}x{bits}np", nlist=lists, nprobe=probes, pq_m=m, pq_bits=bits,
                          refine_factor=refine_factor)
     faiss = import_faiss()
     try:
