@@ -9,7 +9,8 @@ noise. Queries come from the same distribution but are not in the index. Every i
 through vlmkit.search (``create_index`` then ``SearchIndex.open``), so latency includes the SQLite metadata of
 each hit; ``faiss_p50_ms`` is the FAISS call alone. Memory: the serialized index (``vectors.faiss``), the exact
 vectors IVF-PQ keeps on disk for re-ranking (``vectors.npy``), and the RSS growth of a fresh process that opens
-the index and answers one query, loaded and memory-mapped. Recall@10 is against exact (numpy) search.
+the index and answers one query, loaded and memory-mapped. Recall@10 is against exact (numpy) search, at the
+default nprobe (32) and, for the IVF kinds, at nprobe 1 and 4.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ if str(ROOT) not in sys.path:
 
 KINDS = ("flat", "ivf", "ivfpq")
 K = 10
+NPROBE_SWEEP = (1, 4)  # besides the default 32: how recall falls when fewer IVF lists are visited
 # A fresh process: RSS after imports, then after opening the index and one search (argv: index, dim, mmap).
 _RSS_CHILD = """
 import sys, numpy as np
@@ -91,6 +93,10 @@ def rss_growth(index_path: Path, dim: int, *, mmap: bool) -> int:
     return int(result.stdout.strip().splitlines()[-1])
 
 
+def _recall(found: list[set[int]], truth: np.ndarray) -> float:
+    return float(np.mean([len(hits & set(row.tolist())) / K for hits, row in zip(found, truth)]))
+
+
 def measure(kind: str, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, folder: Path,
             threads: int) -> dict[str, Any]:
     """Build one index of ``kind`` (all threads) and time single queries on ``threads`` FAISS threads."""
@@ -117,7 +123,9 @@ def measure(kind: str, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarr
         index.index.search(query[None, :], K * (index.refine_factor if kind == "ivfpq" else 1))
         faiss_latencies.append(time.perf_counter() - started)
     faiss.omp_set_num_threads(build_threads)
-    recall = float(np.mean([len(hits & set(row.tolist())) / K for hits, row in zip(found, truth)]))
+    recall = _recall(found, truth)
+    by_nprobe = {probes: _recall([{hit.id for hit in hits} for hits in index.search(queries, K, nprobe=probes)],
+                                 truth) for probes in NPROBE_SWEEP} if kind != "flat" else {}
     result = {"size": len(vectors), "kind": kind, "factory": index.info["factory"], "build_s": build_seconds,
               "faiss_bytes": (path / "vectors.faiss").stat().st_size,
               "rerank_vectors_bytes": (path / "vectors.npy").stat().st_size if kind == "ivfpq" else 0,
@@ -125,7 +133,8 @@ def measure(kind: str, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarr
               "rss_growth_mmap_bytes": rss_growth(path, vectors.shape[1], mmap=True),
               "p50_ms": 1000 * float(np.percentile(latencies, 50)),
               "p99_ms": 1000 * float(np.percentile(latencies, 99)),
-              "faiss_p50_ms": 1000 * float(np.percentile(faiss_latencies, 50)), "recall_at_10": recall}
+              "faiss_p50_ms": 1000 * float(np.percentile(faiss_latencies, 50)), "recall_at_10": recall,
+              "recall_at_10_by_nprobe": by_nprobe}
     index.close()
     return result
 
@@ -150,13 +159,15 @@ def run(sizes: list[int], dim: int, num_queries: int, threads: int) -> dict[str,
 
 def table(results: list[dict[str, Any]], header: bool = True) -> str:
     lines = ["| vectors | kind | build s | vectors.faiss MB | re-rank .npy MB | RSS MB (mmap) | p50 ms | p99 ms | "
-             "FAISS p50 ms | recall@10 |", "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "FAISS p50 ms | recall@10 | nprobe 1 / 4 |",
+             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     lines = lines if header else []
     for r in results:
         lines.append(f"| {r['size']:,} | {r['kind']} | {r['build_s']:.1f} | {r['faiss_bytes'] / 2**20:.1f} | "
                      f"{r['rerank_vectors_bytes'] / 2**20:.1f} | {r['rss_growth_bytes'] / 2**20:.1f} "
                      f"({r['rss_growth_mmap_bytes'] / 2**20:.1f}) | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                     f"{r['faiss_p50_ms']:.2f} | {r['recall_at_10']:.3f} |")
+                     f"{r['faiss_p50_ms']:.2f} | {r['recall_at_10']:.3f} | "
+                     f"{' / '.join(f'{value:.3f}' for value in r['recall_at_10_by_nprobe'].values()) or '-'} |")
     return "\n".join(lines)
 
 
