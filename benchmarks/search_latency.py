@@ -124,7 +124,7 @@ def measure(kind: str, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarr
         faiss_latencies.append(time.perf_counter() - started)
     faiss.omp_set_num_threads(build_threads)
     recall = _recall(found, truth)
-    by_nprobe = {probes: _recall([{hit.id for hit in hits} for hits in index.search(queries, K, nprobe=probes)],
+    by_nprobe = {str(probes): _recall([{hit.id for hit in hits} for hits in index.search(queries, K, nprobe=probes)],
                                  truth) for probes in NPROBE_SWEEP} if kind != "flat" else {}
     result = {"size": len(vectors), "kind": kind, "factory": index.info["factory"], "build_s": build_seconds,
               "faiss_bytes": (path / "vectors.faiss").stat().st_size,
