@@ -18,6 +18,7 @@ EPILOG = """examples:
   vlmkit eval vqa --results answers.json --annotations data/val/vqa_annotations.json
   vlmkit eval probes --model runs/clip --suite builtin --data data/val --out probes
   vlmkit embed --model runs/clip --images photos/ --out photos.npy
+  vlmkit curate --input pool/shards --out curated --pipeline datacomp --model runs/clip --set image_based.reference=ref/
   vlmkit index build --model runs/clip --images photos/ --out photos.index ; vlmkit index search photos.index "a red car"
   vlmkit classify cat.jpg --model hf:openai/clip-vit-base-patch32 --labels cat,dog,car
   vlmkit caption photo.jpg --model path/to/blip ; vlmkit ask photo.jpg "what color is the car?" --model path/to/vilt
@@ -114,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     from vlmkit.cli_use import add_commands
 
     add_commands(commands)
+    from vlmkit.cli_curate import add_commands as add_curate_commands
+
+    add_curate_commands(commands)
     from vlmkit.cli_index import add_commands as add_index_commands
 
     add_index_commands(commands)

@@ -16,7 +16,7 @@ parameter as ``STAGE.PARAM=VALUE`` (the value read as YAML) or a top-level key a
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence

@@ -128,7 +128,8 @@ def make_noisy_pool(folder: str | os.PathLike, n: int, *, seed: int = 0, image_s
     if unique < 2 or sum(counts.values()) - copies > unique:
         raise ValueError(f"the noise fractions {fractions} leave too few clean samples out of {n}")
     rng = np.random.default_rng([seed, 7])
-    scenes = [make_scene(seed, index, bool(rng.random() < single_fraction), image_size, 3, "") for index in range(unique)]
+    scenes = [make_scene(seed, index, bool(rng.random() < single_fraction), image_size, 3, "")
+              for index in range(unique)]
     kinds = ["clean"] * unique
     order = rng.permutation(unique)
     position = 0
@@ -159,7 +160,8 @@ def make_noisy_pool(folder: str | os.PathLike, n: int, *, seed: int = 0, image_s
         original = samples[clean[int(rng.integers(0, len(clean)))]]
         png = original["png"] if kind == "duplicate" else _near_copy(original["png"], rng)
         caption = original["scene"]["captions"][int(rng.integers(0, len(original["scene"]["captions"])))]
-        samples.append({"png": png, "caption": caption, "noise": kind, "source": original, "scene": original["scene"]})
+        samples.append({"png": png, "caption": caption, "noise": kind, "source": original,
+                        "scene": original["scene"]})
     # a random order in which every copy comes after its original (keep-first dedup keeps the original)
     keys = rng.random(len(samples))
     for sample, key in zip(samples, keys):

@@ -37,7 +37,8 @@ def _plain(value: Any) -> Any:
     return None if isinstance(value, float) and np.isnan(value) else value
 
 
-def write_shards(table: SampleTable, decisions: Decisions, folder: str | Path, shard_size: int) -> dict[int, tuple[str, str]]:
+def write_shards(table: SampleTable, decisions: Decisions, folder: str | Path,
+                 shard_size: int) -> dict[int, tuple[str, str]]:
     """Write the kept samples in input order as ``folder/curated-%05d.tar`` (``KEY.{png|jpg|...}``, ``KEY.txt``,
     ``KEY.json`` with the original id, source and scores); each shard is written under a temporary name and
     renamed. Shards of an earlier run beyond this run's count are removed. Returns {sample index: (shard, key)}.

@@ -57,13 +57,14 @@ def _features(inputs: Sequence[str | os.PathLike], job: SampleFeatures, root: Pa
 def curate(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, pipeline: Pipeline | str | os.PathLike, *,
            model: str | os.PathLike | None = None, overrides: Sequence[str] = (), executor: str = "local",
            workers: int = 0, batch_size: int = 64, unit_size: int = DEFAULT_UNIT_SIZE, device: str = "auto",
-           ray_address: str | None = None, progress: bool = True) -> CurationResult:
+           ray_address: str | None = None, progress: bool = True, report_images: bool = True) -> CurationResult:
     """Curate ``inputs`` (WebDataset shards, manifests, folders) into ``out`` with ``pipeline`` (a
     :class:`Pipeline`, a YAML path or a built-in name; ``overrides`` as ``STAGE.PARAM=VALUE``).
 
     ``model`` (or the pipeline's ``model:``) is any contrastive model spec ``vlmkit.load`` reads; the model stages
     (clip_score, embedding_dedup, cluster_balance, image_based, decontaminate by embedding) need one. Run it again
     after an interruption: finished units of pass 1 are not recomputed; pass 2 and the outputs are redone (cheap).
+    ``report_images=False`` skips the report's PNGs (histograms, example grids).
     """
     if not isinstance(pipeline, Pipeline):
         pipeline = load_pipeline(pipeline, overrides)
@@ -105,5 +106,5 @@ def curate(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, pipeline
                                             "units_done": summary.units_done, "units_resumed": summary.units_skipped,
                                             "samples_per_s": round(len(table) / max(pass1_seconds, 1e-9), 1)},
             "pass2_seconds": round(pass2_seconds, 3), "shards": sorted({name for name, _ in written.values()})}
-    report = write_report(table, decisions, pipeline.stages, out, info)
+    report = write_report(table, decisions, pipeline.stages, out, info, images=report_images)
     return CurationResult(table, decisions, report, out)

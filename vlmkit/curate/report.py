@@ -88,15 +88,18 @@ def _grid(table: SampleTable, decisions: Decisions, indices: Sequence[int], titl
 
 
 def write_report(table: SampleTable, decisions: Decisions, stages: Sequence[Stage], folder: str | Path,
-                 info: dict[str, Any]) -> dict[str, Any]:
-    """Write ``folder/report.json``, ``folder/report.html`` and the PNGs under ``folder/report/``; returns the
-    JSON's content: ``info`` (inputs, timings, ...) plus ``total``, ``kept``, ``dropped`` and per-stage counts with
-    the files of their histograms and example grids."""
+                 info: dict[str, Any], *, images: bool = True) -> dict[str, Any]:
+    """Write ``folder/report.json``, ``folder/report.html`` and (with ``images``) the PNGs under
+    ``folder/report/``; returns the JSON's content: ``info`` (inputs, timings, ...) plus ``total``, ``kept``,
+    ``dropped`` and per-stage counts with the files of their histograms and example grids."""
     folder = Path(folder)
     images = folder / "report"
     stage_entries = []
     for stage, counts in zip(stages, decisions.stages):
         entry = {**counts, "histogram": None, "examples": {}}
+        if not images:
+            stage_entries.append(entry)
+            continue
         histogram = _histograms(table, decisions, stage, images / f"hist-{stage.name}.png")
         if histogram:
             entry["histogram"] = str(Path(histogram).relative_to(folder))
@@ -129,6 +132,7 @@ def _html(report: dict[str, Any]) -> str:
         parts += [f"<h3>{escape(reason)}</h3><img src='{escape(path)}' alt='examples of {escape(reason)}'>"
                   for reason, path in entry["examples"].items()]
         sections.append("".join(parts))
+    run = {key: value for key, value in report.items() if key != "stages"}
     summary = (f"{report['total']} samples, {report['kept']} kept ({report['kept'] / max(1, report['total']):.1%}), "
                f"{report['dropped']} dropped")
     return ("<!doctype html><html><head><meta charset='utf-8'><title>vlmkit curation report</title><style>"
@@ -137,5 +141,5 @@ def _html(report: dict[str, Any]) -> str:
             f"<h1>Curation report</h1><p>{escape(summary)}</p>"
             "<table><tr><th>stage</th><th>what</th><th>input</th><th>dropped</th><th>kept</th><th>reasons</th></tr>"
             f"{rows}</table>{''.join(sections)}"
-            f"<h2>Run</h2><pre>{escape(json.dumps({k: v for k, v in report.items() if k != 'stages'}, indent=1, default=str))}</pre>"
+            f"<h2>Run</h2><pre>{escape(json.dumps(run, indent=1, default=str))}</pre>"
             "</body></html>\n")

@@ -25,7 +25,8 @@ class Decodable(Stage):
 
     def decide(self, table: SampleTable, alive: np.ndarray, references: dict[str, SampleTable]) -> Drops:
         reasons, details = table.columns["bad_reason"], table.columns["bad_detail"]
-        return {int(i): (str(reasons[i]) or "undecodable", str(details[i])) for i in np.flatnonzero(alive & ~table.decoded)}
+        return {int(i): (str(reasons[i]) or "undecodable", str(details[i]))
+                for i in np.flatnonzero(alive & ~table.decoded)}
 
 
 @dataclass

@@ -136,6 +136,7 @@ class Language(Stage):
         unsure = probability < self.min_probability
         wanted = "/".join(self.languages)
         return threshold_drops(alive, [
-            (other, "language", lambda i: f"{language[i] or 'no text'} (p={format_value(probability[i])}), not {wanted}"),
+            (other, "language",
+             lambda i: f"{language[i] or 'no text'} (p={format_value(probability[i])}), not {wanted}"),
             (unsure, "language_unsure",
              lambda i: f"{language[i]} with p={format_value(probability[i])} < {self.min_probability}")])
