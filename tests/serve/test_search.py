@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,3 +106,21 @@ def test_an_index_of_another_model_or_a_model_that_cannot_embed_is_refused(gener
     with pytest.raises(ValueError, match="16-d embeddings"):
         create_app(other, scene_index)
     assert np.isfinite(other.encode_text(["a"]).numpy()).all()
+
+
+def test_the_thumbnail_of_an_image_gone_from_disk_is_404(clip_model, scenes, tmp_path):
+    import shutil
+
+    from vlmkit.search import SearchIndex, build_index
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in sorted((scenes / "images").rglob("*.png"))[:2]:
+        shutil.copy(path, folder / path.name)
+    build_index(clip_model, [folder], tmp_path / "small.index", progress=False)
+    index = SearchIndex.open(tmp_path / "small.index")
+    gone = next(item_id for item_id in range(10) if index.item(item_id))
+    Path(index.item(gone)["path"]).unlink()
+    with TestClient(create_app(clip_model, index)) as client:
+        response = client.get(f"/v1/thumbnail/{gone}")
+    assert response.status_code == 404 and "no longer readable" in response.json()["detail"]
