@@ -7,7 +7,7 @@ PIP_TORCH_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv browser demo test test-all bench clean
+.PHONY: venv browser demo serve test test-all bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/vlmkit demo --out demo
+
+# search the demo's held-out scenes in the browser (http://127.0.0.1:8000) with the model the demo trained
+serve: $(STAMP)
+	@test -d demo/index || { echo "make serve: run 'make demo' first (it trains the model and builds demo/index)"; exit 2; }
+	$(BIN)/vlmkit serve --model demo/run/model --index demo/index
 
 # Debian's chromium for the web page's browser tests (tests/serve), installed once; without root or apt the tests
 # that need it are skipped.

@@ -1,5 +1,6 @@
 """The demo job end to end at a tiny scale (the real one is `make demo`)."""
 import json
+from pathlib import Path
 
 from vlmkit.demo import run_demo
 
@@ -17,3 +18,8 @@ def test_demo_writes_results_and_plots(tmp_path, tiny_overrides, capsys):
     out = capsys.readouterr().out
     assert "zero-shot top-1" in out and "text->image R@1" in out
     assert results["training"]["steps"] >= 1
+    from vlmkit.search import SearchIndex
+
+    index = SearchIndex.open(tmp_path / "demo" / "index")
+    assert index.count == saved["index"]["images"] == 60 and "vlmkit serve --model" in saved["serve"]
+    assert Path(index.model_spec) == Path(saved["paths"]["model"]).resolve()  # queries use the demo's model

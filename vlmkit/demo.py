@@ -1,4 +1,5 @@
-"""``make demo``: generate the built-in scenes, train clip-tiny for a few minutes, evaluate, report.
+"""``make demo``: generate the built-in scenes, train clip-tiny for a few minutes, evaluate, index the held-out
+scenes for search (``make serve`` then searches them in the browser), report.
 
 Training reads the WebDataset shards and evaluation the CSV manifest and COCO JSON, so the demo exercises the
 same loaders a user's data goes through.
@@ -46,7 +47,7 @@ def run_demo(out: str | Path, *, minutes: float = 7.5, train_size: int = 20000, 
 
     out = Path(out)
     started = time.perf_counter()
-    print(f"[1/4] generating {train_size} training and {eval_size} held-out scenes in {out / 'data'}")
+    print(f"[1/5] generating {train_size} training and {eval_size} held-out scenes in {out / 'data'}")
     _synth(out / "data" / "train", train_size, seed=0, single_fraction=TRAIN_SINGLE_FRACTION)
     _synth(out / "data" / "heldout", eval_size, seed=1)
 
@@ -56,10 +57,10 @@ def run_demo(out: str | Path, *, minutes: float = 7.5, train_size: int = 20000, 
     # Within a few minutes on a CPU, more optimizer steps of a smaller batch learn more than fewer big ones.
     demo_settings = ["train.steps=null", f"train.minutes={minutes}", "train.batch_size=64", "train.warmup=50"]
     config = load_config("clip-tiny", [*demo_settings, *overrides])
-    print(f"[2/4] training clip-tiny for {minutes:g} minutes -> {run_dir}")
+    print(f"[2/5] training clip-tiny for {minutes:g} minutes -> {run_dir}")
     result = train(config, data=out / "data" / "train" / "shards", out=run_dir)
 
-    print("[3/4] evaluating on held-out scenes")
+    print("[3/5] evaluating on held-out scenes")
     model = load(result.model_dir)
     heldout = out / "data" / "heldout"
     report = BadSampleReport()
@@ -69,6 +70,9 @@ def run_demo(out: str | Path, *, minutes: float = 7.5, train_size: int = 20000, 
                                           title="clip-tiny zero-shot on held-out scenes")
     retrieval = evaluate_retrieval(model, load_samples(str(heldout / "coco.json")), report=report)
 
+    index_dir = out / "index"
+    print(f"[4/5] indexing the held-out scenes for search -> {index_dir}")
+    index = _index_heldout(result.model_dir, heldout, index_dir)
     results = {
         "zeroshot": benchmark_record("zeroshot_classification", "clip-tiny", "builtin-scenes-heldout",
                                      zeroshot.metrics, extra={"num_samples": zeroshot.num_samples,
@@ -80,12 +84,25 @@ def run_demo(out: str | Path, *, minutes: float = 7.5, train_size: int = 20000, 
         "chance": {"zeroshot_acc1": 1 / len(classes), "retrieval_recall@1": 1 / max(1, retrieval["num_images"])},
         "paths": {"model": str(result.model_dir), "metrics": str(run_dir / "metrics.jsonl"),
                   "loss_curve": str(run_dir / "loss_curve.png"), "confusion_matrix": confusion_png,
-                  "config": str(run_dir / "config.yaml")},
+                  "config": str(run_dir / "config.yaml"), "index": str(index_dir)},
+        "index": {"images": index.count, "kind": index.kind},
+        "serve": f"vlmkit serve --model {result.model_dir} --index {index_dir}",
         "seconds_total": round(time.perf_counter() - started, 1),
     }
     write_json(out / RESULTS, results)
-    print("[4/4] results\n" + format_table(results) + f"\nwritten: {out / RESULTS}")
+    print("[5/5] results\n" + format_table(results) + f"\nwritten: {out / RESULTS}\n"
+          f"search the held-out scenes in your browser: make serve  (or {results['serve']}), then open "
+          "http://127.0.0.1:8000")
     return results
+
+
+def _index_heldout(model_dir: Path, heldout: Path, index_dir: Path) -> Any:
+    """A search index of the held-out scenes (captions and sizes as metadata), replacing the demo's previous one."""
+    from vlmkit.search import build_index
+
+    if index_dir.exists():
+        shutil.rmtree(index_dir)  # the demo's own previous index
+    return build_index(str(model_dir), [heldout / "captions.csv"], index_dir, progress=False)
 
 
 def format_table(results: dict[str, Any]) -> str:

@@ -40,8 +40,7 @@ def import_faiss() -> Any:
     try:
         import faiss
     except ImportError as error:
-        raise ImportError("the search index needs FAISS: pip install 'vlmkit[search]' (or pip install faiss-cpu)"
-                          ) from error
+        raise ImportError("the search index needs FAISS, a dependency of vlmkit: pip install faiss-cpu") from error
     return faiss
 
 
