@@ -21,6 +21,9 @@ def add_commands(commands: Any) -> None:
                                 description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_argument("--model", required=True, help=MODEL_HELP)
     serve.add_argument("--index", help="a search index (vlmkit.search) to serve /v1/search and thumbnails from")
+    serve.add_argument("--no-mmap", action="store_true",
+                       help="read the whole index into memory instead of memory-mapping it (the default: the "
+                            "service starts at once and the OS pages in what queries touch)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for all, "
                             "with --api-key)")
@@ -87,7 +90,7 @@ def build_app(args: argparse.Namespace) -> Any:
     if args.index:
         from vlmkit.search import SearchIndex
 
-        index = SearchIndex.open(args.index)
+        index = SearchIndex.open(args.index, mmap=not args.no_mmap)
     return create_app(load_model(args), index, api_key=args.api_key or None, max_upload_mb=args.max_upload_mb,
                       max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, cors_origins=args.cors_origin,
                       batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, model_name=args.model,

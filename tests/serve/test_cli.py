@@ -54,12 +54,17 @@ def test_loopback_hosts():
 
 def test_build_app_serves_the_model_and_index(clip_model, scene_index, monkeypatch):
     monkeypatch.setattr("vlmkit.cli_use.load_model", lambda args: clip_model)
-    monkeypatch.setattr("vlmkit.search.SearchIndex.open", classmethod(lambda cls, path, **kw: scene_index))
+    opened = []
+    monkeypatch.setattr("vlmkit.search.SearchIndex.open",
+                        classmethod(lambda cls, path, **kw: opened.append(kw) or scene_index))
+    assert cli_serve.build_app(parse("--model", "tiny", "--index", "scenes.index", "--no-mmap")) is not None
+    assert opened == [{"mmap": False}]
     args = parse("--model", "tiny", "--index", "scenes.index", "--api-key", "k", "--cors-origin",
                  "https://app.example", "--max-upload-mb", "1")
     with TestClient(cli_serve.build_app(args)) as client:
         assert client.get("/v1/healthz").status_code == 401
         health = client.get("/v1/healthz", headers={"X-API-Key": "k"}).json()
         assert health["model"] == "tiny" and health["index"]["count"] == scene_index.count
+        assert opened[-1] == {"mmap": True}  # memory-mapped by default
         big = client.post("/v1/embed", content=b"x" * (2 * 2**20), headers={"content-type": "application/json"})
         assert big.status_code == 413
