@@ -17,7 +17,7 @@ def import_faiss() -> Any:
     try:
         import faiss
     except ImportError as error:
-        raise ImportError("this stage needs FAISS: pip install faiss-cpu (or vlmkit[search])") from error
+        raise ImportError("this stage needs FAISS: pip install faiss-cpu (a dependency of vlmkit)") from error
     return faiss
 
 
