@@ -1,5 +1,4 @@
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -50,6 +49,3 @@ def tiny_run(tmp_path_factory, synth_data) -> Path:
     train(config, data=synth_data / "captions.csv", out=out, progress=False)
     return out
 
-
-def vlmkit_command() -> list[str]:
-    return [sys.executable, "-m", "vlmkit"]

@@ -5,7 +5,7 @@ import subprocess
 import pytest
 
 from vlmkit.cli import main
-from conftest import vlmkit_command
+from cli_helpers import vlmkit_command
 
 
 def test_eval_zeroshot_json_and_confusion_plot(tiny_run, heldout_data, tmp_path, capsys):

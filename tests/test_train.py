@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 import vlmkit
 from vlmkit.config import load_config
 from vlmkit.train import train
-from conftest import vlmkit_command
+from cli_helpers import vlmkit_command
 
 
 def test_run_folder_has_everything(tiny_run):
