@@ -149,7 +149,7 @@ def test_ray_executor_gives_the_local_vectors_and_ids(local_ray, tiny_run, synth
     units = plan_units([synth_data / "shards", manifest_with_bad_images])
     local = run_job(EmbedImages(tiny_run, batch_size=32), units, tmp_path / "local", progress=False)
     remote = run_job(EmbedImages(tiny_run, batch_size=32), units, tmp_path / "ray", executor="ray", progress=False)
-    assert remote.pool["actors"] == 1  # 2 CPUs: one for the read tasks, one actor
+    assert remote.pool["actors"] == 1 and remote.pool["threads_per_actor"] == 2  # 2 CPUs: 1 actor, 2 threads
     assert (remote.rows, remote.bad, remote.bad_reasons) == (local.rows, local.bad, local.bad_reasons)
     local_table, ray_table = read_results(tmp_path / "local"), read_results(tmp_path / "ray")
     assert ray_table.ids == local_table.ids and len(ray_table) == 260

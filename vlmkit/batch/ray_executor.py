@@ -104,7 +104,11 @@ def run_ray(job: BatchJob, todo: Sequence[tuple[int, WorkUnit]], assembler: Unit
         resources = ray.available_resources()
         cpus, gpus = float(resources.get("CPU", 1.0)), int(resources.get("GPU", 0.0))
         size = actors or (gpus if gpus >= 1 else max(1, int(cpus) - 1))
-        pool = {"actors": size, "gpus_per_actor": 1 if gpus >= 1 else 0, "cluster_cpus": cpus, "cluster_gpus": gpus}
+        # each actor reserves one CPU; its torch threads share the cluster's cores among the actors (the read
+        # tasks are I/O-bound), so one actor on a small machine is not held to one thread
+        threads = max(1, int(cpus) // size)
+        pool = {"actors": size, "gpus_per_actor": 1 if gpus >= 1 else 0, "threads_per_actor": threads,
+                "cluster_cpus": cpus, "cluster_gpus": gpus}
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = progress
         items = [{"unit_index": index, "records": json.dumps([record.as_dict() for record in unit.records])}
@@ -112,7 +116,7 @@ def run_ray(job: BatchJob, todo: Sequence[tuple[int, WorkUnit]], assembler: Unit
         dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
         dataset = dataset.flat_map(_read_unit)
         dataset = dataset.map_batches(
-            _JobActor, fn_constructor_kwargs={"job": job, "threads": 1}, batch_size=job.batch_size,
+            _JobActor, fn_constructor_kwargs={"job": job, "threads": threads}, batch_size=job.batch_size,
             batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size), num_cpus=1,
             num_gpus=pool["gpus_per_actor"])
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
