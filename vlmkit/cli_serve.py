@@ -45,6 +45,8 @@ def add_commands(commands: Any) -> None:
     serve.add_argument("--expose-paths", action="store_true", help="include file paths in search results")
     serve.add_argument("--device", default="auto", help="auto | cpu | cuda")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--access-log", action="store_true",
+                       help="log every request (off by default: a log line per request costs CPU under load)")
     serve.set_defaults(func=cmd_serve)
 
 
@@ -106,5 +108,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
               "use the model (set VLMKIT_API_KEY)", file=sys.stderr)
     print(f"vlmkit: serving {args.model} at http://{args.host}:{args.port}/ (API: /v1, OpenAPI: /openapi.json)",
           file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
     return 0

@@ -68,3 +68,15 @@ def test_build_app_serves_the_model_and_index(clip_model, scene_index, monkeypat
         assert opened[-1] == {"mmap": True}  # memory-mapped by default
         big = client.post("/v1/embed", content=b"x" * (2 * 2**20), headers={"content-type": "application/json"})
         assert big.status_code == 413
+
+
+def test_cmd_serve_runs_uvicorn_without_access_log_unless_asked(clip_model, monkeypatch):
+    import uvicorn
+
+    monkeypatch.setattr("vlmkit.cli_use.load_model", lambda args: clip_model)
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append(options))
+    assert cli_serve.cmd_serve(parse("--model", "tiny", "--port", "8123")) == 0
+    assert cli_serve.cmd_serve(parse("--model", "tiny", "--access-log")) == 0
+    assert calls[0] == {"host": "127.0.0.1", "port": 8123, "log_level": "info", "access_log": False}
+    assert calls[1]["access_log"] is True
