@@ -204,7 +204,17 @@ def test_torchrun_two_processes_match_one_process(synth_data, tiny_overrides, tm
     single = load_file(str(tmp_path / "single" / "model" / "model.safetensors"))
     ddp = load_file(str(tmp_path / "ddp" / "model" / "model.safetensors"))
     for name in single:
-        assert torch.allclose(single[name], ddp[name], atol=1e-4), name
+        mine, theirs = single[name], ddp[name]
+        if name.endswith("attn.qkv.bias"):
+            # The key bias gets a zero gradient (softmax ignores a shift shared by every key), so AdamW turns
+            # float noise, which depends on how the batch was split, into steps of up to lr: compare the query
+            # and value biases exactly and the key bias only within those steps.
+            width = mine.shape[0] // 3
+            key, mine_key, theirs_key = slice(width, 2 * width), mine[width:2 * width], theirs[width:2 * width]
+            assert torch.allclose(mine_key, theirs_key, atol=3 * 1e-3), name
+            mine, theirs = mine.clone(), theirs.clone()
+            mine[key] = theirs[key] = 0
+        assert torch.allclose(mine, theirs, atol=1e-4), name
     assert not list((tmp_path / "ddp").glob("**/*.tmp*"))
 
 
