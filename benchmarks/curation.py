@@ -14,7 +14,8 @@
    labels; pass-1 samples/s per executor.
 
 Step counts are fixed (not time budgets), so the machine's load changes the time, not the result. The models are
-clip-tiny with smaller towers and 32 px images (``MODEL``) so three trainings fit in minutes on 2 cores.
+clip-tiny with smaller towers and 32 px images (``MODEL``) so three trainings fit in minutes on 2 cores;
+``--full-size`` uses the clip-tiny recipe as it is on 64 px scenes.
 """
 from __future__ import annotations
 
@@ -130,6 +131,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--executors", default="local,ray", help="comma-separated: local, ray")
     parser.add_argument("--curate-only", action="store_true",
                         help="stop after curation: stage precision/recall and executor speed, no training")
+    parser.add_argument("--full-size", action="store_true",
+                        help="the clip-tiny recipe's own towers on 64 px scenes (slower: minutes per training)")
     parser.add_argument("--tiny", action="store_true", help="seconds-long run (for the test): tiny everything")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--out", help="also write the JSON result here")
@@ -138,6 +141,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from vlmkit.data.synth import generate
 
     image_size, overrides = 32, MODEL + ["train.batch_size=64", "data.workers=1"]
+    if args.full_size:  # the clip-tiny recipe as it is, on 64 px scenes
+        image_size, overrides = 64, ["train.batch_size=64", "data.workers=1"]
     if args.tiny:
         args.pool, args.scorer_size, args.scorer_steps, args.steps, args.eval_size = 160, 60, 3, 3, 40
         overrides = MODEL + TINY_MODEL + ["train.batch_size=16", "data.workers=0", "train.threads=1"]
@@ -171,7 +176,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs[name] = {**train_clip(data, workdir / f"train-{name}", args.steps, overrides)}
         runs[name].update(evaluate(runs[name].pop("model_dir"), workdir / "heldout"))
         runs[name]["pool_size"] = len(curated.table) if name == "raw" else int(curated.decisions.kept.sum())
-    report = {"benchmark": "curation", "pool": summary["n"], "noise": summary["counts"],
+    report = {"benchmark": "curation", "pool": summary["n"], "noise": summary["counts"], "image_size": image_size,
+              "model_overrides": overrides,
               "scorer": {k: v for k, v in scorer.items() if k != "model_dir"}, "steps": args.steps,
               "pipeline": pipeline, "raw": runs.get("raw"), "curated": runs.get("curated"),
               "curated_wins": bool(runs) and all(runs["curated"][k] > runs["raw"][k]
