@@ -49,3 +49,11 @@ def tiny_run(tmp_path_factory, synth_data) -> Path:
     train(config, data=synth_data / "captions.csv", out=out, progress=False)
     return out
 
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray instance on loopback (2 CPUs, no dashboard) for a module's Ray-executor tests."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -136,14 +136,6 @@ def test_a_loaded_model_cannot_go_to_other_processes(tiny_run):
         pickle.dumps(EmbedImages(vlmkit.load(tiny_run)))
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_ray_executor_gives_the_local_vectors_and_ids(local_ray, tiny_run, synth_data, manifest_with_bad_images,
                                                       tmp_path):
     units = plan_units([synth_data / "shards", manifest_with_bad_images])

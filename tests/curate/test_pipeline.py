@@ -174,14 +174,6 @@ def test_cli_curate(noisy_pool, tmp_path, capsys):
                  "basic"]) == 2
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_ray_executor_gives_the_local_decisions(local_ray, noisy_pool, tiny_run, tmp_path):
     pipeline = pipeline_from_dict(WITH_MODEL)
     local = curate(noisy_pool["shards"], tmp_path / "local", pipeline, model=tiny_run, progress=False,

@@ -101,13 +101,8 @@ def test_interrupted_build_resumes_without_embedding_twice(tmp_path, monkeypatch
 
 
 @pytest.mark.slow
-def test_ray_build_gives_the_local_index(tmp_path, scenes, clip_folder):
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    try:
-        remote = build_index(str(clip_folder), [scenes / "shards"], tmp_path / "ray", executor="ray", progress=False)
-    finally:
-        ray.shutdown()
+def test_ray_build_gives_the_local_index(local_ray, tmp_path, scenes, clip_folder):
+    remote = build_index(str(clip_folder), [scenes / "shards"], tmp_path / "ray", executor="ray", progress=False)
     local = build_index(str(clip_folder), [scenes / "shards"], tmp_path / "local", progress=False)
     assert remote.count == local.count == 24
     rows = remote.store.rows(range(24)), local.store.rows(range(24))

@@ -77,18 +77,8 @@ class EmbedImages:
         return self._model
 
     def setup(self) -> None:
-        if self._model is not None:
-            return
-        import torch
-
-        import vlmkit
-        from vlmkit.capabilities import require
-
-        device = self.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self._model = vlmkit.load(self.model_spec, device=device)
-        require(self._model, "encode_image", "embed images")
+        if self._model is None:
+            self._model = load_job_model(self.model_spec, self.device, {"encode_image": "embed images"})
 
     def preparer(self) -> ImagePreparer:
         return ImagePreparer(self.model.image_transform, self.max_pixels)
@@ -99,6 +89,22 @@ class EmbedImages:
         with torch.no_grad():
             vectors = self.model.encode_image(torch.stack(items)).float().cpu().numpy()
         return {"embedding": vectors.astype(np.float32)}
+
+
+def load_job_model(spec: str, device: str, needs: dict[str, str]) -> Any:
+    """Load the model a job runs (``device="auto"``: CUDA when present) and check it has every capability in
+    ``needs`` ({capability: the task, for the error message})."""
+    import torch
+
+    import vlmkit
+    from vlmkit.capabilities import require
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = vlmkit.load(spec, device=device)
+    for capability, task in needs.items():
+        require(model, capability, task)
+    return model
 
 
 def prepare_record(prepare: Callable[[Record, bytes], tuple[Any, dict[str, Any]]], record: Record,

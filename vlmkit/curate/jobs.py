@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from vlmkit.batch.jobs import load_job_model
 from vlmkit.batch.units import Record
 from vlmkit.curate.features import clean_caption, image_features, language_features, text_features
 from vlmkit.data.decode import DEFAULT_MAX_PIXELS, decode_image
@@ -68,18 +69,10 @@ class SampleFeatures:
     def setup(self) -> None:
         if self.model_spec is None or self._model is not None:
             return
-        import torch
-
-        import vlmkit
-        from vlmkit.capabilities import require
-
-        device = self.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self._model = vlmkit.load(self.model_spec, device=device)
-        require(self._model, "encode_image", "embed images for curation")
+        needs = {"encode_image": "embed images for curation"}
         if self.score_captions:
-            require(self._model, "encode_text", "compute CLIP scores")
+            needs["encode_text"] = "compute CLIP scores"
+        self._model = load_job_model(self.model_spec, self.device, needs)
 
     def preparer(self) -> FeaturePreparer:
         self.setup()
