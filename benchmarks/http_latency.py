@@ -79,11 +79,13 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(model: str, index: Path, window_ms: float, threads: int | None) -> tuple[subprocess.Popen, str]:
+def start_server(model: str, index: Path, window_ms: float, threads: int | None,
+                 precision: str = "fp32") -> tuple[subprocess.Popen, str]:
     """A ``vlmkit serve`` process on a free local port; returns it once its liveness probe answers."""
     port = _free_port()
     command = [sys.executable, "-m", "vlmkit", "serve", "--model", model, "--index", str(index), "--port", str(port),
-               "--batch-window-ms", str(window_ms), "--log-level", "warning", "--device", "cpu"]
+               "--batch-window-ms", str(window_ms), "--log-level", "warning", "--device", "cpu",
+               "--precision", precision]
     if threads:
         command += ["--threads", str(threads)]
     environment = {**os.environ, "PYTHONPATH": str(HERE.parent), "HF_HUB_OFFLINE": "1"}
@@ -164,7 +166,7 @@ def label(window_ms: float) -> str:
 def measure(args: argparse.Namespace, model: str, index: Path, queries: list[str]) -> list[dict[str, Any]]:
     """Start one server per window, warm each up, then alternate the load runs between them."""
     payloads = [{"text": query, "k": 10} for query in queries]
-    servers = [start_server(model, index, window, args.threads) for window in args.windows]
+    servers = [start_server(model, index, window, args.threads, args.precision) for window in args.windows]
     try:
         for process, url in servers:
             wait_until_up(process, url)
@@ -216,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, help="untimed requests per server first (default 100; --tiny 4)")
     parser.add_argument("--windows", default="5,0", help="batch windows in ms to compare (0: no batching)")
     parser.add_argument("--threads", type=int, help="torch threads of each server (default: torch's)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="the servers' --precision (bf16: queries embedded under bf16 autocast)")
     parser.add_argument("--target-p99-ms", type=float, default=50.0)
     parser.add_argument("--tiny", action="store_true", help="the tests' tiny model, a few requests (seconds)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -239,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                                              "clip-tiny (random weights)"),
                      "images": args.images, "requests": args.requests, "concurrency": args.concurrency,
                      "rounds": args.rounds, "warmup": args.warmup, "windows_ms": args.windows, "route": "/v1/search",
-                     "k": 10, "threads": args.threads, "tiny": args.tiny},
+                     "k": 10, "threads": args.threads, "precision": args.precision, "tiny": args.tiny},
         "machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(), "load_start": load_start,
                     "load_end": [round(value, 2) for value in os.getloadavg()]},
         "results": results,

@@ -45,6 +45,9 @@ def add_commands(commands: Any) -> None:
     serve.add_argument("--expose-paths", action="store_true", help="include file paths in search results")
     serve.add_argument("--device", default="auto", help="auto | cpu | cuda")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                       help="embed queries in fp32, or under bf16 autocast (about 2x faster on CPUs with bf16 "
+                            "units; cosine to the fp32 embedding ~0.9999)")
     serve.add_argument("--access-log", action="store_true",
                        help="log every request (off by default: a log line per request costs CPU under load)")
     serve.set_defaults(func=cmd_serve)
@@ -96,7 +99,7 @@ def build_app(args: argparse.Namespace) -> Any:
     return create_app(load_model(args), index, api_key=args.api_key or None, max_upload_mb=args.max_upload_mb,
                       max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, cors_origins=args.cors_origin,
                       batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, model_name=args.model,
-                      expose_paths=args.expose_paths)
+                      expose_paths=args.expose_paths, precision=args.precision)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

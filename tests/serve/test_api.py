@@ -163,3 +163,14 @@ def test_the_page_and_its_files_use_no_external_resource(clip_client):
         assert clip_client.get(path).status_code == 200
     for text in (page.text, clip_client.get("/static/app.js").text, clip_client.get("/static/style.css").text):
         assert "http://" not in text and "https://" not in text and "//cdn" not in text
+
+
+def test_bf16_precision_embeds_under_autocast_close_to_fp32(clip_model):
+    texts = ["a red circle", "two blue squares"]
+    with TestClient(create_app(clip_model, precision="bf16")) as client:
+        embedded = np.array(client.post("/v1/embed", json={"texts": texts}).json()["embeddings"])
+    exact = clip_model.encode_text(texts).numpy()
+    cosines = (embedded * exact).sum(axis=1) / np.linalg.norm(embedded, axis=1) / np.linalg.norm(exact, axis=1)
+    assert cosines.min() > 0.99 and not np.array_equal(embedded, exact)  # bf16 matmuls: close, not identical
+    with pytest.raises(ValueError, match="precision"):
+        create_app(clip_model, precision="fp16")

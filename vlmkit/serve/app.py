@@ -34,7 +34,7 @@ log = logging.getLogger("vlmkit.serve")
 def create_app(model: Any, index: Any = None, *, api_key: str | None = None, max_upload_mb: float = 10.0,
                max_pixels: int = DEFAULT_MAX_PIXELS, cors_origins: Sequence[str] | None = None,
                batch_window_ms: float = 5.0, max_batch: int = 64, model_name: str | None = None,
-               expose_paths: bool = False) -> FastAPI:
+               expose_paths: bool = False, precision: str = "fp32") -> FastAPI:
     """The service for ``model`` (anything with vlmkit capabilities) and an optional ``vlmkit.search.SearchIndex``.
 
     Args:
@@ -46,11 +46,12 @@ def create_app(model: Any, index: Any = None, *, api_key: str | None = None, max
         max_batch: the most texts in one gathered call.
         model_name: the name ``/v1/healthz`` reports (default: the model's own or its class name).
         expose_paths: include each search result's file path (off: paths of the server's disk stay private).
+        precision: ``fp32``, or ``bf16`` to embed queries under bf16 autocast (faster on CPUs with bf16 units).
     """
     if max_upload_mb <= 0:
         raise ValueError(f"the upload limit must be > 0 MB, not {max_upload_mb}")
     service = Service(model, index, model_name=model_name, max_pixels=max_pixels, batch_window_ms=batch_window_ms,
-                      max_batch=max_batch, expose_paths=expose_paths)
+                      max_batch=max_batch, expose_paths=expose_paths, precision=precision)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
