@@ -28,27 +28,14 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [p for p in (str(HERE.parent),) if p not in sys.path]
+sys.path[:0] = [p for p in (str(HERE.parent), str(HERE)) if p not in sys.path]
+
+from http_latency import build_random_model  # a sibling benchmark's helper: clip-tiny with random weights
 
 TINY_MODEL = ["model.vision.image_size=32", "model.vision.patch_size=8", "model.vision.width=32",
               "model.vision.layers=1", "model.vision.heads=2", "model.text.context_length=24",
               "model.text.width=32", "model.text.layers=1", "model.text.heads=2", "model.embed_dim=16",
               "tokenizer.vocab_size=300"]
-
-
-def build_model_folder(workdir: Path, captions: list[str], tiny: bool) -> Path:
-    """clip-tiny (or the tests' tiny sizes) with random weights, saved as a native model folder."""
-    from vlmkit.config import load_config
-    from vlmkit.data import train_bpe
-    from vlmkit.registry import build_model
-
-    config = load_config("clip-tiny", TINY_MODEL if tiny else [])
-    tokenizer = train_bpe(captions, vocab_size=int(config["tokenizer"]["vocab_size"]), min_frequency=1)
-    config["model"].setdefault("text", {})["vocab_size"] = tokenizer.vocab_size
-    torch.manual_seed(0)
-    folder = workdir / "model"
-    build_model(config["model"], tokenizer=tokenizer).save_pretrained(folder)
-    return folder
 
 
 def run_once(model_dir: Path, shards: Path, work: Path, executor: str, workers: int, batch_size: int,
@@ -91,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         generate(str(data), count, seed=0, image_size=image_size, shard_size=20 if args.tiny else 500)
         marker.write_text(json.dumps(wanted))
     captions = [c for sample in load_samples(str(data / "captions.csv")) for c in sample.captions]
-    model_dir = build_model_folder(workdir, captions, args.tiny)
+    model_dir = build_random_model(workdir / "model", captions, TINY_MODEL if args.tiny else [])
     report: dict[str, Any] = {"images": count, "image_size": image_size, "batch_size": args.batch_size,
                               "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                                           "torch": torch.__version__, "load_average_start": os.getloadavg()[0]},

@@ -54,8 +54,9 @@ def scenes(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def scene_index(tmp_path_factory, clip_model, scenes):
-    """The scenes indexed with ``clip_model`` by the real vlmkit.search (skipped until that package exists)."""
-    search = pytest.importorskip("vlmkit.search", reason="vlmkit.search (SearchIndex) is not in this checkout")
+    """The scenes indexed with ``clip_model`` by the real vlmkit.search."""
+    from vlmkit import search
+
     out = tmp_path_factory.mktemp("index") / "scenes.index"
     search.build_index(clip_model, [scenes / "captions.csv"], out, progress=False)
     return search.SearchIndex.open(out)

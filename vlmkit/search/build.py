@@ -37,13 +37,9 @@ def model_spec_of(model: Any) -> str:
 
 def load_model(spec: str, device: str = "auto") -> Any:
     """Load the model a spec names, tagged with its spec so :func:`search_text` can check it against an index."""
-    import torch
+    from vlmkit.batch.jobs import load_job_model
 
-    import vlmkit
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = vlmkit.load(spec, device=device)
+    model = load_job_model(spec, device, {})
     model.vlmkit_spec = model_spec_of(spec)
     return model
 
