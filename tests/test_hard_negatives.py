@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 import vlmkit
 from vlmkit.config import load_config
-from vlmkit.data.hard_negatives import change_count, flip_relation, hard_negatives, swap_attributes, swap_objects
+from vlmkit.data.hard_negatives import (REWRITES, change_count, flip_relation, hard_negatives, swap_attributes,
+                                        swap_objects, swap_phrases)
 from vlmkit.losses import infonce_loss, sigmoid_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,12 +28,32 @@ def test_rewrites_keep_the_words_and_change_the_meaning():
     assert swap_attributes(caption, rng) == "a blue circle left of a red square"
     assert swap_objects(caption, rng) == "a red square left of a blue circle"
     assert flip_relation(caption, rng) == "a red circle right of a blue square"
-    assert change_count("two green stars", random.Random(1)) in ("one green stars", "three green stars")
+    assert swap_phrases(caption, rng) == "a blue square left of a red circle"  # ARO's VG-Relation negative
+    assert change_count("two green stars", random.Random(1)) in ("one green star", "three green stars")
     assert swap_attributes("a red circle and a red square", rng) is None  # nothing to swap: no fake negative
     negatives = hard_negatives(caption, 3, random.Random(5))
     assert len(set(negatives)) == 3 and caption not in negatives
     assert negatives == hard_negatives(caption, 3, random.Random(5))
     assert hard_negatives("dog", 3, random.Random(0)) == []
+
+
+def test_negatives_stay_grammatical_so_grammar_gives_nothing_away():
+    rng = random.Random(0)
+    assert swap_attributes("a yellow square left of an orange triangle", rng) == \
+        "an orange square left of a yellow triangle"  # articles follow the new words
+    assert swap_objects("two blue squares and a red circle", rng) is None  # "two blue circle and a red squares"
+    assert swap_objects("a yellow square to the left of an orange triangle", rng) == \
+        "a yellow triangle to the left of an orange square"  # "the left" is a place, not an object
+    assert swap_phrases("a red circle and a blue square", rng) is None  # the same scene either way round
+    assert change_count("there are two red stars", rng) in ("there is one red star", "there are three red stars")
+    assert change_count("there is one red cross", rng) == "there are two red crosses"
+    assert change_count("There is one fly", rng) == "There are two flies"
+    for caption in ("a large red circle is above a small blue cross", "an orange star below a green square"):
+        for negative in filter(None, (rewrite(caption, random.Random(3)) for rewrite in REWRITES)):
+            words = negative.split()
+            for article, following in zip(words, words[1:]):
+                if article in ("a", "an"):
+                    assert (article == "an") == (following[0] in "aeiou"), negative
 
 
 def test_infonce_with_negatives_adds_wrong_texts_to_image_to_text_only():

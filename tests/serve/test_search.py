@@ -124,3 +124,33 @@ def test_the_thumbnail_of_an_image_gone_from_disk_is_404(clip_model, scenes, tmp
     with TestClient(create_app(clip_model, index)) as client:
         response = client.get(f"/v1/thumbnail/{gone}")
     assert response.status_code == 404 and "no longer readable" in response.json()["detail"]
+
+
+def test_concurrent_text_searches_share_one_batch_and_a_bad_filter_fails_only_its_own(clip_model, scene_index):
+    import asyncio
+
+    import httpx
+
+    queries = ["a red circle", "two green triangles", "a small yellow star", "a blue square"]
+    bodies = [{"text": q, "k": 3 + i} for i, q in enumerate(queries)] + [
+        {"text": "a red circle", "k": 24, "where": ["caption~red"]},
+        {"text": "a shape", "where": ["colour=red; DROP TABLE items"]}]
+    app = create_app(clip_model, scene_index, batch_window_ms=200)  # a wide window: all six land in one batch
+    service = app.state.service
+
+    async def run() -> list[httpx.Response]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+                return await asyncio.gather(*(http.post("/v1/search", json=body) for body in bodies))
+
+    responses = asyncio.run(run())
+    assert service.text_search_batcher.calls == 1
+    for i, query in enumerate(queries):
+        expected = scene_index.search(clip_model.encode_text([query]).numpy(), k=3 + i)[0]
+        results = responses[i].json()["results"]
+        assert [r["id"] for r in results] == [hit.id for hit in expected]
+        assert [r["score"] for r in results] == pytest.approx([hit.score for hit in expected], abs=1e-5)
+    red = responses[4].json()["results"]
+    assert red and all("red" in r["caption"] for r in red)
+    assert responses[5].status_code == 400 and responses[5].json()["detail"]

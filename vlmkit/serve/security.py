@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Any, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 from fastapi import HTTPException, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -18,11 +18,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 API_KEY_HEADERS = ("authorization", "x-api-key")
 
 
-def api_key_checker(api_key: str | None) -> Callable[[Request], None]:
-    """A FastAPI dependency that lets a request through when ``api_key`` is None or the request carries it."""
+def api_key_checker(api_key: str | None) -> Callable[[Request], Awaitable[None]]:
+    """A FastAPI dependency that lets a request through when ``api_key`` is None or the request carries it.
+    Async, so that it runs on the event loop: FastAPI sends a plain function to a worker thread on every request."""
     expected = api_key.encode("utf-8") if api_key else None
 
-    def check_api_key(request: Request) -> None:
+    async def check_api_key(request: Request) -> None:
         if expected is None:
             return
         given = request.headers.get("x-api-key")

@@ -42,6 +42,9 @@ class Service:
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlmkit-model")
         self.text_batcher = MicroBatcher(self._encode_texts, self.executor, window_ms=batch_window_ms,
                                          max_batch=max_batch)
+        # text searches batch the whole way: one encode_text and one index search per batch, one model-thread hop
+        self.text_search_batcher = MicroBatcher(self._search_texts, self.executor, window_ms=batch_window_ms,
+                                                max_batch=max_batch)
         self._thumbnails: OrderedDict[int, bytes] = OrderedDict()
         self._thumbnail_lock = threading.Lock()
         if index is not None:
@@ -133,12 +136,41 @@ class Service:
                                collapse_duplicates=collapse_duplicates)
         return [self._result(hit) for hit in hits[0]]
 
+    async def search_text(self, text: str, *, k: int, where: Sequence[str],
+                          collapse_duplicates: bool) -> list[dict[str, Any]]:
+        """The index's ``k`` nearest items to a text query, as JSON-ready dicts; concurrent text searches share one
+        ``encode_text`` call and one batched index search."""
+        self.require_index()
+        (outcome,) = await self.text_search_batcher.run([(text, k, tuple(where), collapse_duplicates)])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def _search_texts(self, queries: list[tuple[str, int, tuple[str, ...], bool]]) -> list[Any]:
+        """For each (text, k, where, collapse) its results, or the exception its search raised (a bad filter in one
+        request must not fail the others of its batch)."""
+        vectors = self._encode_texts([text for text, *_ in queries]).astype(np.float32)
+        groups: dict[tuple, list[int]] = {}
+        for row, (_, *options) in enumerate(queries):
+            groups.setdefault(tuple(options), []).append(row)
+        outcomes: list[Any] = [None] * len(queries)
+        for (k, where, collapse), rows in groups.items():
+            try:
+                hits = self.index.search(vectors[rows], k=k, where=list(where), collapse_duplicates=collapse)
+            except Exception as error:  # noqa: BLE001 - handed to each request of the group, raised there
+                for row in rows:
+                    outcomes[row] = error
+                continue
+            for row, row_hits in zip(rows, hits):
+                outcomes[row] = [self._result(hit) for hit in row_hits]
+        return outcomes
+
     def _result(self, hit: Any) -> dict[str, Any]:
         result = {"id": int(hit.id), "score": float(hit.score), "caption": hit.caption, "key": hit.key,
                   "width": hit.width, "height": hit.height, "thumbnail": f"/v1/thumbnail/{int(hit.id)}"}
         if self.expose_paths:
             result["path"] = hit.path
-        return result
+        return {name: value for name, value in result.items() if value is not None}  # as the schema's exclude_none
 
     def thumbnail(self, item_id: int) -> bytes:
         """A JPEG of indexed item ``item_id``, longest side at most 256 px (cached). 404 for anything else."""
@@ -176,3 +208,4 @@ class Service:
     async def close(self) -> None:
         """Stop the batcher (the app's shutdown). The model thread stays: the app may be started again."""
         await self.text_batcher.close()
+        await self.text_search_batcher.close()
