@@ -45,9 +45,10 @@ def add_commands(commands: Any) -> None:
     serve.add_argument("--expose-paths", action="store_true", help="include file paths in search results")
     serve.add_argument("--device", default="auto", help="auto | cpu | cuda")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    serve.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                       help="embed queries in fp32, or under bf16 autocast (about 2x faster on CPUs with bf16 "
-                            "units; cosine to the fp32 embedding ~0.9999)")
+    serve.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                       help="run the model in fp32, or with its weights in bf16 and under bf16 autocast (cosine "
+                            "to the fp32 embedding ~0.9999); default auto: bf16 where bf16 matrix products are measured faster than fp32 (GPUs "
+                            "with bf16, CPUs with AMX or AVX512-BF16), as training's precision: auto")
     serve.add_argument("--access-log", action="store_true",
                        help="log every request (off by default: a log line per request costs CPU under load)")
     serve.set_defaults(func=cmd_serve)
@@ -87,29 +88,53 @@ def build_app(args: argparse.Namespace) -> Any:
 
     if not 0 < args.port < 65536:
         raise ValueError(f"--port {args.port}: give a port between 1 and 65535")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads {args.threads}: give at least 1")
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads {args.threads}: give at least 1")
     index = None
     if args.index:
         from vlmkit.search import SearchIndex
 
         index = SearchIndex.open(args.index, mmap=not args.no_mmap)
-    return create_app(load_model(args), index, api_key=args.api_key or None, max_upload_mb=args.max_upload_mb,
+    model = load_model(args)
+    device = getattr(model, "device", None) or torch.device("cpu")
+    precision = serving_precision(args.precision, device)
+    if precision == "bf16" and isinstance(model, torch.nn.Module):
+        # weights stored in bf16 rather than cast by autocast on every call: 1.6x faster for clip-tiny's text tower
+        # on one CPU thread (10.5 vs 16.8 ms for 16 captions; cosine to fp32 >= 0.9999)
+        model = model.to(torch.bfloat16)
+    return create_app(model, index, api_key=args.api_key or None, max_upload_mb=args.max_upload_mb,
                       max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, cors_origins=args.cors_origin,
                       batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, model_name=args.model,
-                      expose_paths=args.expose_paths, precision=args.precision)
+                      expose_paths=args.expose_paths, precision=precision)
+
+
+def serving_precision(precision: str, device: Any) -> str:
+    """fp32 or bf16 for the service; ``auto`` is bf16 where training's ``precision: auto`` would pick bf16-mixed."""
+    if precision != "auto":
+        return precision
+    from vlmkit.train.setup import resolve_precision
+
+    return "bf16" if resolve_precision("auto", device).startswith("bf16") else "fp32"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     app = build_app(args)
+    import torch
     import uvicorn
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     if not args.api_key and not _is_loopback(args.host):
         print(f"vlmkit: warning: serving on {args.host} without an API key: anyone who can reach this port can "
               "use the model (set VLMKIT_API_KEY)", file=sys.stderr)
     print(f"vlmkit: serving {args.model} at http://{args.host}:{args.port}/ (API: /v1, OpenAPI: /openapi.json)",
           file=sys.stderr)
+    import gc
+
+    # The model, torch and the app are millions of long-lived objects: without this, every full collection walks
+    # them all and stalls the server for ~100 ms (the p99 of a load test); frozen, they are never scanned again.
+    gc.collect()
+    gc.freeze()
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
     return 0

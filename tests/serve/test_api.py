@@ -36,7 +36,7 @@ def upload(data: bytes, name: str = "picture.png") -> dict:
 def test_healthz_lists_model_capabilities_and_no_index(clip_client):
     body = clip_client.get("/v1/healthz").json()
     assert body == {"status": "ok", "model": "tiny-clip", "capabilities": ["encode_image", "encode_text", "score",
-                                                                           "loss"], "index": None}
+                                                                           "loss"], "index": None, "precision": "fp32"}
     assert clip_client.get("/healthz").json() == {"status": "ok", "api_key_required": False}
 
 

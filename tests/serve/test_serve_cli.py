@@ -57,10 +57,12 @@ def test_build_app_serves_the_model_and_index(clip_model, scene_index, monkeypat
     opened = []
     monkeypatch.setattr("vlmkit.search.SearchIndex.open",
                         classmethod(lambda cls, path, **kw: opened.append(kw) or scene_index))
-    assert cli_serve.build_app(parse("--model", "tiny", "--index", "scenes.index", "--no-mmap")) is not None
+    # fp32: bf16 (auto's choice on CPUs with bf16 units) would convert the session's shared model in place
+    assert cli_serve.build_app(parse("--model", "tiny", "--index", "scenes.index", "--no-mmap",
+                                     "--precision", "fp32")) is not None
     assert opened == [{"mmap": False}]
     args = parse("--model", "tiny", "--index", "scenes.index", "--api-key", "k", "--cors-origin",
-                 "https://app.example", "--max-upload-mb", "1")
+                 "https://app.example", "--max-upload-mb", "1", "--precision", "fp32")
     with TestClient(cli_serve.build_app(args)) as client:
         assert client.get("/v1/healthz").status_code == 401
         health = client.get("/v1/healthz", headers={"X-API-Key": "k"}).json()
@@ -73,10 +75,52 @@ def test_build_app_serves_the_model_and_index(clip_model, scene_index, monkeypat
 def test_cmd_serve_runs_uvicorn_without_access_log_unless_asked(clip_model, monkeypatch):
     import uvicorn
 
+    import gc
+
+    import torch
+
     monkeypatch.setattr("vlmkit.cli_use.load_model", lambda args: clip_model)
-    calls = []
+    calls, threads, frozen = [], [], []
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append(options))
-    assert cli_serve.cmd_serve(parse("--model", "tiny", "--port", "8123")) == 0
-    assert cli_serve.cmd_serve(parse("--model", "tiny", "--access-log")) == 0
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)  # not this test process's threads
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
+    assert cli_serve.cmd_serve(parse("--model", "tiny", "--port", "8123", "--precision", "fp32")) == 0
+    assert cli_serve.cmd_serve(parse("--model", "tiny", "--access-log", "--threads", "2",
+                                     "--precision", "fp32")) == 0
     assert calls[0] == {"host": "127.0.0.1", "port": 8123, "log_level": "info", "access_log": False}
     assert calls[1]["access_log"] is True
+    assert threads == [2] and frozen == [True, True]  # PyTorch's threads unless --threads
+
+
+def test_auto_precision_follows_training(monkeypatch):
+    import torch
+
+    cpu = torch.device("cpu")
+    assert cli_serve.serving_precision("fp32", cpu) == "fp32" and cli_serve.serving_precision("bf16", cpu) == "bf16"
+    for training, serving in (("bf16-mixed", "bf16"), ("fp32", "fp32")):
+        monkeypatch.setattr("vlmkit.train.setup.resolve_precision", lambda precision, device, answer=training: answer)
+        assert cli_serve.serving_precision("auto", cpu) == serving
+    assert parse("--model", "m").precision == "auto"
+
+
+def test_auto_precision_serves_bf16_weights_close_to_fp32(clip_model, monkeypatch):
+    import copy
+
+    import numpy as np
+    import torch
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setattr("vlmkit.cli_use.load_model", lambda args: copy.deepcopy(clip_model))
+    monkeypatch.setattr("vlmkit.train.setup.resolve_precision", lambda precision, device: "bf16-mixed")
+    app = cli_serve.build_app(parse("--model", "tiny"))
+    service = app.state.service
+    assert service.precision == "bf16" and service.model.dtype == torch.bfloat16
+    texts = ["a red circle", "two green triangles"]
+    with TestClient(app) as client:
+        embedded = np.array(client.post("/v1/embed", json={"texts": texts}).json()["embeddings"])
+    exact = clip_model.encode_text(texts).numpy()  # the session's fp32 model, untouched
+    assert clip_model.dtype == torch.float32
+    cosines = (embedded * exact).sum(1) / np.linalg.norm(embedded, axis=1) / np.linalg.norm(exact, axis=1)
+    assert cosines.min() > 0.99 and not np.array_equal(embedded, exact)
+    monkeypatch.setattr("vlmkit.train.setup.resolve_precision", lambda precision, device: "fp32")
+    assert cli_serve.build_app(parse("--model", "tiny")).state.service.model.dtype == torch.float32

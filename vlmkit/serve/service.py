@@ -203,7 +203,8 @@ class Service:
         index = None
         if self.index is not None:
             index = {"count": int(self.index.count), "kind": str(self.index.kind), "dim": int(self.index.dim)}
-        return {"status": "ok", "model": self.model_name, "capabilities": list(self.capabilities), "index": index}
+        return {"status": "ok", "model": self.model_name, "capabilities": list(self.capabilities), "index": index,
+                "precision": self.precision}
 
     async def close(self) -> None:
         """Stop the batcher (the app's shutdown). The model thread stays: the app may be started again."""
