@@ -124,3 +124,20 @@ def test_auto_precision_serves_bf16_weights_close_to_fp32(clip_model, monkeypatc
     assert cosines.min() > 0.99 and not np.array_equal(embedded, exact)
     monkeypatch.setattr("vlmkit.train.setup.resolve_precision", lambda precision, device: "fp32")
     assert cli_serve.build_app(parse("--model", "tiny")).state.service.model.dtype == torch.float32
+
+
+def test_bf16_serving_covers_images_and_generation(clip_model, generative_model, scenes, monkeypatch):
+    import copy
+
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setattr("vlmkit.train.setup.resolve_precision", lambda precision, device: "bf16-mixed")
+    png = sorted((scenes / "images").rglob("*.png"))[0].read_bytes()
+    for model, route, data in ((clip_model, "/v1/classify", {"labels": "red circle,blue square"}),
+                               (clip_model, "/v1/embed", {}),
+                               (generative_model, "/v1/caption", {"max_new_tokens": "4"}),
+                               (generative_model, "/v1/ask", {"question": "what color?"})):
+        monkeypatch.setattr("vlmkit.cli_use.load_model", lambda args, m=model: copy.deepcopy(m))
+        with TestClient(cli_serve.build_app(parse("--model", "tiny"))) as client:
+            response = client.post(route, files={"image": ("a.png", png, "image/png")}, data=data)
+        assert response.status_code == 200, (route, response.text)
