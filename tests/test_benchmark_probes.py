@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "probes_hardneg.py"
+sys.path.insert(0, str(SCRIPT.parent))  # binding_diagnostics is imported in-process
 TINY = ["model.vision.image_size=32", "model.vision.width=32", "model.vision.layers=1", "model.vision.heads=2",
         "model.text.width=32", "model.text.layers=1", "model.text.heads=2", "model.embed_dim=16",
         "tokenizer.vocab_size=300", "train.precision=fp32"]
@@ -36,3 +37,24 @@ def test_probes_benchmark_warm_start_fine_tunes_both_from_one_plain_run(tmp_path
     warm = str(tmp_path / "runs" / "warm-start" / "model")
     for model in ("clip-tiny", "clip-tiny-hardneg"):  # both arms start from the warm run (train.init)
         assert warm in (tmp_path / "runs" / model / "config.yaml").read_text()
+
+
+def test_binding_diagnostics_run_every_check_on_a_tiny_model(tmp_path):
+    import binding_diagnostics
+
+    report = binding_diagnostics.main(["--tiny", "--supervised-minutes", "0.02", "--out", str(tmp_path / "b.json")])
+    for section, keys in (("joint", {"sentence", "phrase_sum", "phrase_min"}), ("linear", {"binding", "left_of"}),
+                          ("supervised", {"steps", "final_loss", "binding"})):
+        assert keys <= set(report[section])
+    assert all(0.0 <= report["joint"][k] <= 1.0 for k in report["joint"])
+    assert report["supervised"]["steps"] >= 1 and 0.0 <= report["supervised"]["binding"] <= 1.0
+
+
+def test_two_object_scenes_are_what_the_checks_assume():
+    import binding_diagnostics
+
+    scenes = binding_diagnostics.two_object_scenes(6, 32, seed=0, fixed=("red", "circle", "blue", "square"))
+    assert [(s["c1"], s["s1"], s["c2"], s["s2"]) for s in scenes[:2]] == [
+        ("red", "circle", "blue", "square"), ("blue", "circle", "red", "square")]
+    free = binding_diagnostics.two_object_scenes(20, 32, seed=1)
+    assert all(s["c1"] != s["c2"] and s["s1"] != s["s2"] and s["image"].size == (32, 32) for s in free)

@@ -1,0 +1,180 @@
+"""Where does a contrastive model lose attribute binding and spatial relations: the image side, the text side, or
+the objective? Three checks on two-object built-in scenes (distinct colours, distinct shapes), rendered here:
+
+    PYTHONPATH=. .venv/bin/python benchmarks/binding_diagnostics.py --model runs/clip [--supervised-minutes 8] [--json]
+
+1. ``joint``: 2-way accuracy of the model's own scores: "a red circle and a blue square" against "a blue circle and
+   a red square" (the sentence), and the same with each object phrase scored on its own (sum of the two phrases'
+   scores; min of them) - if the phrases fail too, the image embedding holds a bag of colours and shapes.
+2. ``linear``: a logistic-regression probe (5-fold) on the frozen image embeddings of one fixed pair of classes:
+   "red circle + blue square" against "blue circle + red square" (binding), and "the circle is left of the square"
+   (relation). High means the information is in the embedding, whatever the text side does with it.
+3. ``supervised`` (``--supervised-minutes``, CPU time): the model's vision tower fine-tuned with a 30-way multi-hot
+   head (binary cross-entropy on which colour-shape classes are present) on multi-object scenes, then the binding
+   test with the head's logits - whether the architecture can learn binding at all in that budget.
+
+``--tiny``: the tests' tiny model and a few scenes, to check the script in seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [p for p in (str(HERE.parent),) if p not in sys.path]
+
+
+def _article(words: str) -> str:
+    return ("an " if words[0] in "aeiou" else "a ") + words
+
+
+def two_object_scenes(count: int, image_size: int, seed: int, fixed: tuple[str, str, str, str] | None = None
+                      ) -> list[dict[str, Any]]:
+    """``count`` scenes of two objects with distinct colours and shapes: {image, c1, s1, c2, s2, left} where
+    ``left`` says whether object 1 is left of object 2. ``fixed`` = (c1, s1, c2, s2) alternates with its swap."""
+    from vlmkit.data import scenes
+
+    rng, picker = np.random.default_rng(seed), random.Random(seed)
+    out = []
+    for k in range(count):
+        objects = scenes.layout_multi(rng)[:2]
+        if fixed is None:
+            c1, c2 = picker.sample(list(scenes.COLORS), 2)
+            s1, s2 = picker.sample(list(scenes.SHAPES), 2)
+        else:
+            c1, s1, c2, s2 = fixed if k % 2 == 0 else (fixed[2], fixed[1], fixed[0], fixed[3])
+        objects[0].color, objects[0].shape, objects[1].color, objects[1].shape = c1, s1, c2, s2
+        image, _ = scenes.render(objects, np.random.default_rng(seed * 100_003 + k), image_size)
+        out.append({"image": image, "c1": c1, "s1": s1, "c2": c2, "s2": s2,
+                    "left": objects[0].center[0] < objects[1].center[0]})
+    return out
+
+
+@torch.no_grad()
+def joint_checks(model: Any, items: list[dict[str, Any]]) -> dict[str, float]:
+    def unit(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(x.float(), dim=-1)
+
+    images = unit(model.encode_image([item["image"] for item in items]))
+
+    def score(texts: list[str]) -> torch.Tensor:
+        return (images * unit(model.encode_text(texts))).sum(-1)
+
+    true_1 = [_article(f"{i['c1']} {i['s1']}") for i in items]
+    true_2 = [_article(f"{i['c2']} {i['s2']}") for i in items]
+    false_1 = [_article(f"{i['c2']} {i['s1']}") for i in items]
+    false_2 = [_article(f"{i['c1']} {i['s2']}") for i in items]
+    sentence = score([f"{a} and {b}" for a, b in zip(true_1, true_2)]) > score(
+        [f"{a} and {b}" for a, b in zip(false_1, false_2)])
+    t1, t2, f1, f2 = score(true_1), score(true_2), score(false_1), score(false_2)
+    return {"sentence": float(sentence.float().mean()), "phrase_sum": float(((t1 + t2) > (f1 + f2)).float().mean()),
+            "phrase_min": float((torch.minimum(t1, t2) > torch.minimum(f1, f2)).float().mean())}
+
+
+@torch.no_grad()
+def linear_checks(model: Any, items: list[dict[str, Any]], folds: int = 5) -> dict[str, float]:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+
+    features = torch.cat([model.encode_image([i["image"] for i in items[start:start + 100]]).float()
+                          for start in range(0, len(items), 100)])
+    features = torch.nn.functional.normalize(features, dim=-1).numpy()
+    binding = [int(i["c1"] == items[0]["c1"]) for i in items]
+    left = [int(i["left"]) for i in items]
+    probe = LogisticRegression(C=10.0, max_iter=3000)
+    return {"binding": float(cross_val_score(probe, features, binding, cv=folds).mean()),
+            "left_of": float(cross_val_score(probe, features, left, cv=folds).mean())}
+
+
+def supervised_check(model: Any, minutes: float, test_items: list[dict[str, Any]], image_size: int,
+                     batch_size: int = 64, seed: int = 0) -> dict[str, float]:
+    from vlmkit.data import scenes
+
+    tower = copy.deepcopy(model.visual).train()
+    transform = model.image_transform
+    classes = {name: index for index, name in enumerate(scenes.CLASS_NAMES)}
+    with torch.no_grad():
+        width = tower(transform(test_items[0]["image"])[None]).shape[-1]
+    head = torch.nn.Linear(width, len(classes))
+    optimizer = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=3e-4, weight_decay=0.05)
+    rng = np.random.default_rng(seed)
+    started, steps, loss = time.process_time(), 0, float("nan")
+    while time.process_time() - started < minutes * 60:
+        pixels, targets = [], torch.zeros(batch_size, len(classes))
+        for row in range(batch_size):
+            objects = scenes.layout_multi(rng)
+            image, _ = scenes.render(objects, rng, image_size)
+            pixels.append(transform(image))
+            for obj in objects:
+                targets[row, classes[obj.name]] = 1.0
+        logits = head(tower(torch.stack(pixels).to(model.dtype))).float()
+        step_loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
+        optimizer.zero_grad()
+        step_loss.backward()
+        optimizer.step()
+        steps, loss = steps + 1, float(step_loss.detach())
+    tower.eval()
+    right = 0
+    with torch.no_grad():
+        for item in test_items:
+            logits = head(tower(transform(item["image"])[None].to(model.dtype)))[0].float()
+            true = logits[classes[f"{item['c1']} {item['s1']}"]] + logits[classes[f"{item['c2']} {item['s2']}"]]
+            false = logits[classes[f"{item['c2']} {item['s1']}"]] + logits[classes[f"{item['c1']} {item['s2']}"]]
+            right += int(true > false)
+    return {"steps": steps, "final_loss": round(loss, 4), "binding": right / len(test_items)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="a trained contrastive model or run folder (required unless --tiny)")
+    parser.add_argument("--scenes", type=int, default=400, help="two-object test scenes per check")
+    parser.add_argument("--supervised-minutes", type=float, default=0.0,
+                        help="CPU minutes of the supervised multi-hot check (0: skip it)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--out")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.tiny:
+        import tempfile
+
+        from http_latency import TINY_MODEL, build_random_model
+
+        model_dir = Path(tempfile.mkdtemp()) / "model"
+        build_random_model(model_dir, ["a red circle and a blue square", "a green star"] * 5, TINY_MODEL)
+        args.model, args.scenes = str(model_dir), min(args.scenes, 20)
+    if not args.model:
+        parser.error("--model is required (or --tiny)")
+    from vlmkit.models.hub import load
+
+    model = load(args.model).eval()
+    size = int(model.config.vision.image_size)
+    report: dict[str, Any] = {"model": args.model, "scenes": args.scenes}
+    report["joint"] = joint_checks(model, two_object_scenes(args.scenes, size, seed=11))
+    report["linear"] = linear_checks(model, two_object_scenes(args.scenes, size, seed=12,
+                                                              fixed=("red", "circle", "blue", "square")),
+                                     folds=5 if args.scenes >= 50 else 2)
+    if args.supervised_minutes > 0:
+        report["supervised"] = supervised_check(model, args.supervised_minutes,
+                                                two_object_scenes(args.scenes, size, seed=13), size)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2) if args.json else "\n".join(
+        f"{section:11} " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+        for section, values in report.items() if isinstance(values, dict)))
+    return report
+
+
+if __name__ == "__main__":
+    main()
