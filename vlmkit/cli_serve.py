@@ -47,8 +47,9 @@ def add_commands(commands: Any) -> None:
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                        help="run the model in fp32, or with its weights in bf16 and under bf16 autocast (cosine "
-                            "to the fp32 embedding ~0.9999); default auto: bf16 where bf16 matrix products are measured faster than fp32 (GPUs "
-                            "with bf16, CPUs with AMX or AVX512-BF16), as training's precision: auto")
+                            "to the fp32 embedding ~0.9999); default auto: bf16 where bf16 matrix products are "
+                            "faster than fp32 (GPUs with bf16; on a CPU timed at start-up, as training's "
+                            "precision: auto)")
     serve.add_argument("--access-log", action="store_true",
                        help="log every request (off by default: a log line per request costs CPU under load)")
     serve.set_defaults(func=cmd_serve)
