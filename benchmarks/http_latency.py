@@ -7,8 +7,8 @@ without micro-batching of the text encoder.
 The model is clip-tiny with random weights and a BPE tokenizer trained on the scenes' captions (or ``--model``, a
 trained run), the index the built-in scenes (``vlmkit.data.synth``) indexed by ``vlmkit.search.build_index``.
 One real ``vlmkit serve`` process per batch window (``--windows``, default 5 ms and 0 = no batching) is started on
-127.0.0.1 (one at a time); after ``--warmup`` requests each, ``--rounds`` rounds of ``--requests`` POST /v1/search requests (a
-caption as the query, k=10) are sent by ``--concurrency`` concurrent httpx clients from this process, the servers
+127.0.0.1 (one at a time); after ``--warmup`` requests each, ``--rounds`` rounds of ``--requests`` POST /v1/search
+requests (a caption as the query, k=10) are sent by ``--concurrency`` concurrent httpx clients from this process, the servers
 taking turns in each round (ABAB). Latency is per request, client side; throughput is successful requests per
 second of wall time. The report says whether p99 <= ``--target-p99-ms`` (50) is met. ``--tiny``: the tests'
 tiny model and a few requests, to check the script in seconds.

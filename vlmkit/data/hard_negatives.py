@@ -60,7 +60,8 @@ def _text(tokens: list[str]) -> str:
 
 def _pairs(tokens: list[str], positions: list[int]) -> list[tuple[int, int]]:
     """Pairs of positions whose words differ."""
-    return [(i, j) for a, i in enumerate(positions) for j in positions[a + 1:] if tokens[i].lower() != tokens[j].lower()]
+    return [(i, j) for a, i in enumerate(positions) for j in positions[a + 1:]
+            if tokens[i].lower() != tokens[j].lower()]
 
 
 def _swap_words(tokens: list[str], pairs: list[tuple[int, int]], rng: random.Random) -> list[str] | None:
