@@ -34,7 +34,9 @@ sys.path[:0] = [p for p in (str(HERE.parent),) if p not in sys.path]
 
 
 def _article(words: str) -> str:
-    return ("an " if words[0] in "aeiou" else "a ") + words
+    from vlmkit.data.scenes import article
+
+    return f"{article(words)} {words}"
 
 
 def two_object_scenes(count: int, image_size: int, seed: int, fixed: tuple[str, str, str, str] | None = None

@@ -120,6 +120,8 @@ def serving_precision(precision: str, device: Any) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     app = build_app(args)
+    import gc
+
     import torch
     import uvicorn
 
@@ -131,8 +133,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
               "use the model (set VLMKIT_API_KEY)", file=sys.stderr)
     print(f"vlmkit: serving {args.model} at http://{args.host}:{args.port}/ (API: /v1, OpenAPI: /openapi.json)",
           file=sys.stderr)
-    import gc
-
     # The model, torch and the app are millions of long-lived objects: without this, every full collection walks
     # them all and stalls the server for ~100 ms (the p99 of a load test); frozen, they are never scanned again.
     gc.collect()

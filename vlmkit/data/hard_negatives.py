@@ -22,6 +22,8 @@ from __future__ import annotations
 import random
 import re
 
+from vlmkit.data.scenes import article as scene_article
+
 COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white", "gray", "grey")
 SIZES = ("small", "large", "big", "tiny", "little", "huge")
 RELATIONS = (("left of", "right of"), ("above", "below"), ("on top of", "underneath"), ("in front of", "behind"),
@@ -49,7 +51,7 @@ def _fix_articles(tokens: list[str]) -> list[str]:
         following = next((t for t in out[i + 1:] if _is_word(t)), None)
         if following is None or not following[0].isalpha():
             continue
-        article = "an" if following[0].lower() in "aeiou" else "a"
+        article = scene_article(following.lower())
         out[i] = article.capitalize() if token[0].isupper() else article
     return out
 

@@ -12,7 +12,6 @@ import concurrent.futures
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-import numpy as np
 
 
 @dataclass
@@ -23,7 +22,8 @@ class _Pending:
 
 
 class MicroBatcher:
-    """Gathers calls of ``function(items) -> array [len(items), ...]`` for up to ``window_ms`` into one call.
+    """Gathers calls of ``function(items) -> rows`` (an array or a list, one row per item) for up to ``window_ms``
+    into one call.
 
     ``await batcher.run(items)`` gives the rows of ``function`` for ``items``. The first request of a batch waits at
     most ``window_ms`` for company; a batch is cut at ``max_batch`` items (a request is never split, so a single
@@ -32,7 +32,7 @@ class MicroBatcher:
     ``window_ms=0`` turns batching off: each request is its own call.
     """
 
-    def __init__(self, function: Callable[[list[Any]], np.ndarray], executor: concurrent.futures.Executor, *,
+    def __init__(self, function: Callable[[list[Any]], Sequence[Any]], executor: concurrent.futures.Executor, *,
                  window_ms: float = 5.0, max_batch: int = 64) -> None:
         if window_ms < 0:
             raise ValueError(f"the batch window must be >= 0 ms, not {window_ms}")
@@ -48,7 +48,7 @@ class MicroBatcher:
         self._worker: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def run(self, items: Sequence[Any]) -> np.ndarray:
+    async def run(self, items: Sequence[Any]) -> Sequence[Any]:
         """The rows of ``function(items)``, computed alone or together with concurrent requests."""
         items = list(items)
         loop = asyncio.get_running_loop()
