@@ -1,7 +1,8 @@
 """Where does a contrastive model lose attribute binding and spatial relations: the image side, the text side, or
 the objective? Three checks on two-object built-in scenes (distinct colours, distinct shapes), rendered here:
 
-    PYTHONPATH=. .venv/bin/python benchmarks/binding_diagnostics.py --model runs/clip [--supervised-minutes 8] [--json]
+    PYTHONPATH=. .venv/bin/python benchmarks/binding_diagnostics.py --model runs/clip [--supervised-minutes 8
+        [--supervised-positions sincos]] [--json]
 
 1. ``joint``: 2-way accuracy of the model's own scores: "a red circle and a blue square" against "a blue circle and
    a red square" (the sentence), and the same with each object phrase scored on its own (sum of the two phrases'
@@ -9,9 +10,11 @@ the objective? Three checks on two-object built-in scenes (distinct colours, dis
 2. ``linear``: a logistic-regression probe (5-fold) on the frozen image embeddings of one fixed pair of classes:
    "red circle + blue square" against "blue circle + red square" (binding), and "the circle is left of the square"
    (relation). High means the information is in the embedding, whatever the text side does with it.
-3. ``supervised`` (``--supervised-minutes``, CPU time): the model's vision tower fine-tuned with a 30-way multi-hot
-   head (binary cross-entropy on which colour-shape classes are present) on multi-object scenes, then the binding
-   test with the head's logits - whether the architecture can learn binding at all in that budget.
+3. ``supervised`` (``--supervised-minutes``, CPU time): the model's vision tower fine-tuned with a multi-hot head
+   (binary cross-entropy) on which colour-shape classes are present and on which side of the image each is, on
+   multi-object scenes; then the binding test and a left/right test with the head's logits - whether the
+   architecture can learn binding and layout at all in that budget (``--supervised-positions sincos``: from
+   sine-cosine position codes instead of the model's own).
 
 ``--tiny``: the tests' tiny model and a few scenes, to check the script in seconds.
 """
@@ -97,13 +100,45 @@ def linear_checks(model: Any, items: list[dict[str, Any]], folds: int = 5) -> di
             "left_of": float(cross_val_score(probe, features, left, cv=folds).mean())}
 
 
+SIDES = ("left", "right", "top", "bottom")
+
+
+def scene_labels(objects: list[Any]) -> list[str]:
+    """What the supervised check's head learns of a scene: each colour-shape class present, and each object's class
+    with the side of the image it is clearly on ("red circle@left": centre in the left 40%; likewise the others)."""
+    labels = set()
+    for obj in objects:
+        x, y = obj.center
+        sides = [side for side, clear in zip(SIDES, (x < 0.4, x > 0.6, y < 0.4, y > 0.6)) if clear]
+        labels |= {obj.name, *(f"{obj.name}@{side}" for side in sides)}
+    return sorted(labels)
+
+
+def reset_positions_sincos(tower: Any) -> None:
+    """Overwrite a vision tower's patch position embeddings with the 2-D sine-cosine codes (still learned after)."""
+    from vlmkit.modules.vision import sincos_2d
+
+    config = tower.config
+    grid = config.image_size // config.patch_size
+    with torch.no_grad():
+        tower.positional_embedding[-grid * grid:] = sincos_2d(grid, config.width).to(tower.positional_embedding)
+
+
 def supervised_check(model: Any, minutes: float, test_items: list[dict[str, Any]], image_size: int,
-                     batch_size: int = 64, seed: int = 0) -> dict[str, float]:
+                     batch_size: int = 64, seed: int = 0, positions: str = "model") -> dict[str, float]:
+    """The vision tower (a copy) fine-tuned with a multi-hot head over :func:`scene_labels` (binary cross-entropy)
+    on multi-object scenes for ``minutes`` of CPU time; then, with the head's logits on the two-object test scenes,
+    ``binding`` (true classes above the colour-swapped ones) and ``left_right`` (the left object's class on the
+    left and the other on the right, above the reverse). ``positions="sincos"`` first resets the copy's position
+    embeddings to sine-cosine codes."""
     from vlmkit.data import scenes
 
     tower = copy.deepcopy(model.visual).train()
+    if positions == "sincos":
+        reset_positions_sincos(tower)
     transform = model.image_transform
-    classes = {name: index for index, name in enumerate(scenes.CLASS_NAMES)}
+    names = sorted(set(scenes.CLASS_NAMES) | {f"{name}@{side}" for name in scenes.CLASS_NAMES for side in SIDES})
+    classes = {name: index for index, name in enumerate(names)}
     with torch.no_grad():
         width = tower(transform(test_items[0]["image"])[None]).shape[-1]
     head = torch.nn.Linear(width, len(classes))
@@ -116,8 +151,8 @@ def supervised_check(model: Any, minutes: float, test_items: list[dict[str, Any]
             objects = scenes.layout_multi(rng)
             image, _ = scenes.render(objects, rng, image_size)
             pixels.append(transform(image))
-            for obj in objects:
-                targets[row, classes[obj.name]] = 1.0
+            for label in scene_labels(objects):
+                targets[row, classes[label]] = 1.0
         logits = head(tower(torch.stack(pixels).to(model.dtype))).float()
         step_loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
         optimizer.zero_grad()
@@ -125,14 +160,19 @@ def supervised_check(model: Any, minutes: float, test_items: list[dict[str, Any]
         optimizer.step()
         steps, loss = steps + 1, float(step_loss.detach())
     tower.eval()
-    right = 0
+    bound = placed = 0
     with torch.no_grad():
         for item in test_items:
             logits = head(tower(transform(item["image"])[None].to(model.dtype)))[0].float()
-            true = logits[classes[f"{item['c1']} {item['s1']}"]] + logits[classes[f"{item['c2']} {item['s2']}"]]
-            false = logits[classes[f"{item['c2']} {item['s1']}"]] + logits[classes[f"{item['c1']} {item['s2']}"]]
-            right += int(true > false)
-    return {"steps": steps, "final_loss": round(loss, 4), "binding": right / len(test_items)}
+
+            def pair(first: str, second: str) -> float:
+                return float(logits[classes[first]] + logits[classes[second]])
+            one, two = f"{item['c1']} {item['s1']}", f"{item['c2']} {item['s2']}"
+            bound += int(pair(one, two) > pair(f"{item['c2']} {item['s1']}", f"{item['c1']} {item['s2']}"))
+            left, right = (one, two) if item["left"] else (two, one)
+            placed += int(pair(f"{left}@left", f"{right}@right") > pair(f"{right}@left", f"{left}@right"))
+    return {"steps": steps, "final_loss": round(loss, 4), "binding": bound / len(test_items),
+            "left_right": placed / len(test_items), "positions": positions}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -141,6 +181,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--scenes", type=int, default=400, help="two-object test scenes per check")
     parser.add_argument("--supervised-minutes", type=float, default=0.0,
                         help="CPU minutes of the supervised multi-hot check (0: skip it)")
+    parser.add_argument("--supervised-positions", choices=("model", "sincos"), default="model",
+                        help="the supervised check's position embeddings: the model's own, or reset to 2-D "
+                             "sine-cosine codes first (does layout need a better start?)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--json", action="store_true")
@@ -169,7 +212,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      folds=5 if args.scenes >= 50 else 2)
     if args.supervised_minutes > 0:
         report["supervised"] = supervised_check(model, args.supervised_minutes,
-                                                two_object_scenes(args.scenes, size, seed=13), size)
+                                                two_object_scenes(args.scenes, size, seed=13), size,
+                                                positions=args.supervised_positions)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2) if args.json else "\n".join(

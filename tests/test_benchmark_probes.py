@@ -44,10 +44,28 @@ def test_binding_diagnostics_run_every_check_on_a_tiny_model(tmp_path):
 
     report = binding_diagnostics.main(["--tiny", "--supervised-minutes", "0.02", "--out", str(tmp_path / "b.json")])
     for section, keys in (("joint", {"sentence", "phrase_sum", "phrase_min"}), ("linear", {"binding", "left_of"}),
-                          ("supervised", {"steps", "final_loss", "binding"})):
+                          ("supervised", {"steps", "final_loss", "binding", "left_right"})):
         assert keys <= set(report[section])
     assert all(0.0 <= report["joint"][k] <= 1.0 for k in report["joint"])
     assert report["supervised"]["steps"] >= 1 and 0.0 <= report["supervised"]["binding"] <= 1.0
+    assert 0.0 <= report["supervised"]["left_right"] <= 1.0 and report["supervised"]["positions"] == "model"
+
+
+def test_supervised_check_labels_classes_and_clear_sides_and_can_reset_positions():
+    import binding_diagnostics
+    import torch
+    from vlmkit.data.scenes import SceneObject
+    from vlmkit.modules.vision import VisionConfig, VisionTransformer, sincos_2d
+
+    left = SceneObject("red", "circle", "large", 0.2, (0.2, 0.5))
+    middle = SceneObject("blue", "square", "small", 0.1, (0.5, 0.8))
+    assert binding_diagnostics.scene_labels([left, middle]) == [
+        "blue square", "blue square@bottom", "red circle", "red circle@left"]
+    tower = VisionTransformer(VisionConfig(image_size=32, patch_size=8, width=32, layers=1, heads=2, pool="cls"))
+    class_token = tower.positional_embedding[0].detach().clone()
+    binding_diagnostics.reset_positions_sincos(tower)
+    assert torch.equal(tower.positional_embedding[1:], sincos_2d(4, 32))  # the 16 patches; the class token kept
+    assert torch.equal(tower.positional_embedding[0], class_token)
 
 
 def test_two_object_scenes_are_what_the_checks_assume():
