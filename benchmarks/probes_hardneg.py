@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "objects, their colours and relations, which is what hard negatives can rewrite)")
     parser.add_argument("--warm-start", type=float, default=0.0, metavar="MINUTES",
                         help="NegCLIP's protocol: first train a plain clip-tiny for MINUTES on demo-style scenes "
-                             "(--warm-single-fraction), then both runs fine-tune from it for --minutes each")
+                             "(--warm-single-fraction), then both runs fine-tune from it for --minutes each (a "
+                             "finished warm start in --workdir is reused: delete runs/warm-start to retrain it)")
     parser.add_argument("--warm-single-fraction", type=float, default=0.8,
                         help="single-object share of the warm-start scenes (the demo's 0.8: shapes learned fast)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from vlmkit.demo import _synth
 
         _synth(warm_dir, args.train_size, seed=2, single_fraction=args.warm_single_fraction)
-        if args.eval_only:
+        if args.eval_only or (runs / "warm-start" / "summary.json").exists():  # a finished warm start is reused
             warm = trained_run(runs / "warm-start")
         else:
             (warm,) = train_all(["clip-tiny"], warm_dir, runs, args.warm_start, args.overrides, args.sequential,

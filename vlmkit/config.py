@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
         "augment": True,  # random resized crop (no flips: captions say left/right)
         "crop_scale": [0.8, 1.0],
         "hard_negatives": 0,  # rewritten captions per sample added to the contrastive loss (NegCLIP); 0 = off
+        "phrase_labels": 0,  # phrase pre-training: the vocabulary's size (most frequent caption phrases); 0 = off
         "max_pixels": 89_478_485,
     },
     "train": {
@@ -43,6 +44,8 @@ DEFAULTS: dict[str, Any] = {
         "lr": 5.0e-4,
         "lr_scales": {},  # per-module multipliers of lr, by parameter-name prefix, e.g. {visual: 0.1, connector: 1}
         "warmup": 100,  # steps of linear warmup (a number < 1 is a fraction of the steps)
+        "phrase_warmup": 0,  # with data.phrase_labels: steps (< 1: a fraction) that train the phrase heads alone
+        "phrase_weight": 1.0,  # with data.phrase_labels: the phrase loss's weight after phrase_warmup
         "min_lr": 0.0,
         "weight_decay": 0.2,
         "betas": [0.9, 0.98],

@@ -44,6 +44,9 @@ class ImageTextDataset(Dataset):
         max_pixels: images with more pixels are bad (``too_large``) before being decoded.
         hard_negatives: this many rewritten captions per item (``negatives``; NegCLIP-style, see
             :mod:`vlmkit.data.hard_negatives`), drawn from the item's own RNG.
+        phrase_vocabulary: phrase labels (:mod:`vlmkit.data.phrases`); when given, each item has multi-hot
+            ``phrase_targets`` (the labels of all the sample's captions: what its image shows) and
+            ``caption_phrase_targets`` (those of the chosen caption), float32 [len(phrase_vocabulary)].
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class ImageTextDataset(Dataset):
         on_bad_sample: str = "skip",
         max_pixels: int = DEFAULT_MAX_PIXELS,
         hard_negatives: int = 0,
+        phrase_vocabulary: list[str] | None = None,
     ) -> None:
         if on_bad_sample not in ON_BAD_SAMPLE:
             raise ValueError(f"on_bad_sample must be one of {ON_BAD_SAMPLE}, got {on_bad_sample!r}")
@@ -64,6 +68,7 @@ class ImageTextDataset(Dataset):
         self.on_bad_sample = on_bad_sample
         self.max_pixels = max_pixels
         self.hard_negatives = int(hard_negatives)
+        self.phrase_index = {label: i for i, label in enumerate(phrase_vocabulary or [])}
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -77,7 +82,7 @@ class ImageTextDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _choose_caption(self, sample: Sample, rng: random.Random) -> tuple[str, list[str]]:
+    def _valid_captions(self, sample: Sample) -> list[tuple[str, list[str]]]:
         if not sample.captions:
             raise BadSample("missing_caption", sample.key)
         valid: list[tuple[str, list[str]]] = []
@@ -90,8 +95,17 @@ class ImageTextDataset(Dataset):
         if not valid:
             assert first_error is not None
             raise first_error
-        choice = rng.randrange(len(valid)) if self.transform.train else 0
-        return valid[choice]
+        return valid
+
+    def _phrase_targets(self, captions: list[str]) -> torch.Tensor:
+        from .phrases import phrase_labels
+
+        targets = torch.zeros(len(self.phrase_index))
+        for caption in captions:
+            for label in phrase_labels(caption):
+                if label in self.phrase_index:
+                    targets[self.phrase_index[label]] = 1.0
+        return targets
 
     def load(self, index: int) -> dict:
         """Like ``__getitem__`` but raises BadSample whatever ``on_bad_sample`` says."""
@@ -100,7 +114,8 @@ class ImageTextDataset(Dataset):
         # A separate crop stream: the crop must not depend on how many captions there are.
         crop_rng = random.Random(rng.getrandbits(64))
         try:
-            caption, caption_notes = self._choose_caption(sample, rng)
+            valid = self._valid_captions(sample)
+            caption, caption_notes = valid[rng.randrange(len(valid)) if self.transform.train else 0]
             data = sample.image.read()
             image, image_notes = decode_image(data, max_pixels=self.max_pixels)
         except BadSample as error:
@@ -119,6 +134,9 @@ class ImageTextDataset(Dataset):
             from .hard_negatives import hard_negatives
 
             item["negatives"] = hard_negatives(caption, self.hard_negatives, random.Random(rng.getrandbits(64)))
+        if self.phrase_index:
+            item["phrase_targets"] = self._phrase_targets([text for text, _ in valid])
+            item["caption_phrase_targets"] = self._phrase_targets([caption])
         return item
 
     def __getitem__(self, index: int) -> dict:
@@ -142,7 +160,8 @@ def collate_image_text(
     Returns:
         ``images`` float32 [B, 3, S, S], ``input_ids`` int64 [B, L] and ``attention_mask``
         bool [B, L] (only with a tokenizer), ``captions``, ``labels``, ``keys`` (lists of B),
-        ``indices`` int64 [B], ``bad`` [(key, reason)], ``converted`` [(key, note)].
+        ``indices`` int64 [B], ``bad`` [(key, reason)], ``converted`` [(key, note)]; with phrase targets in the
+        items, ``phrase_targets`` and ``caption_phrase_targets`` float32 [B, K].
         When every item is bad, ``images`` is None (B = 0, S unknown): the caller skips the
         batch, after recording ``bad`` in its BadSampleReport.
     """
@@ -159,6 +178,9 @@ def collate_image_text(
     if any(item.get("question") is not None for item in good):  # VQA: the captions are the answers
         batch["questions"] = [item.get("question") or "" for item in good]
         batch["answers"] = batch["captions"]
+    if good and "phrase_targets" in good[0]:
+        batch["phrase_targets"] = torch.stack([item["phrase_targets"] for item in good])
+        batch["caption_phrase_targets"] = torch.stack([item["caption_phrase_targets"] for item in good])
     if tokenizer is not None:
         batch["input_ids"], batch["attention_mask"] = tokenizer.encode(
             batch["captions"], context_length

@@ -66,6 +66,8 @@ class ContrastiveConfig:
     max_logit_scale: float = math.log(100.0)
     freeze: str = "none"  # none | vision | text  (LiT locks one tower; see ContrastiveModel.apply_freeze)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    # phrase pre-training (vlmkit.data.phrases): the label vocabulary of the two towers' multi-hot heads
+    phrase_labels: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.architecture not in LOSSES:
@@ -105,7 +107,21 @@ class ContrastiveModel(ContrastiveScoring, nn.Module, PretrainedMixin):
         self.logit_bias = (nn.Parameter(torch.tensor(float(config.init_logit_bias)))
                            if config.architecture == "siglip" else None)
         self.tokenizer = tokenizer
+        self.phrase_heads: nn.ModuleDict | None = None
+        self.loss_weights = {"contrastive": 1.0, "phrase": 1.0}  # the trainer sets them per step
+        self.set_phrase_labels(config.phrase_labels)
         self.apply_freeze()
+
+    def set_phrase_labels(self, labels: Sequence[str]) -> None:
+        """Phrase pre-training: a fresh linear head on each tower's pooled features, one output per label
+        (none when ``labels`` is empty). The labels are saved with the model's config."""
+        self.config.phrase_labels = list(labels)
+        if not labels:
+            self.phrase_heads = None
+            return
+        device = self.logit_scale.device
+        self.phrase_heads = nn.ModuleDict({"image": nn.Linear(self.config.vision.width, len(labels)),
+                                           "text": nn.Linear(self.text.width, len(labels))}).to(device)
 
     # construction -------------------------------------------------------------------------------------
     @classmethod
@@ -194,13 +210,16 @@ class ContrastiveModel(ContrastiveScoring, nn.Module, PretrainedMixin):
         if input_ids.shape[0] == 0:  # e.g. no hard negatives in this batch: still a [0, D] tensor for the loss
             return self.text_projection(torch.zeros(0, self.text.width, device=input_ids.device,
                                                     dtype=self.text_projection_dtype()))
+        return F.normalize(self.text_projection(self._text_pooled(input_ids, attention_mask)), dim=-1)
+
+    def _text_pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         if attention_mask is not None and (self.config.text.causal or self.config.text.pretrained):
             # Columns after the longest caption are padding that no real token attends to (a causal tower, or a
             # pretrained encoder, which masks them): dropping them gives the same features for a fraction of
             # the compute (captions are short).
             longest = int(attention_mask.sum(dim=1).max())
             input_ids, attention_mask = input_ids[:, :longest], attention_mask[:, :longest]
-        return F.normalize(self.text_projection(self.text(input_ids, attention_mask)), dim=-1)
+        return self.text(input_ids, attention_mask)
 
     @torch.no_grad()
     def encode_image(self, images: Any) -> torch.Tensor:
@@ -232,11 +251,20 @@ class ContrastiveModel(ContrastiveScoring, nn.Module, PretrainedMixin):
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 negative_ids: torch.Tensor | None = None,
-                negative_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                negative_mask: torch.Tensor | None = None, phrase_targets: torch.Tensor | None = None,
+                caption_phrase_targets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Training forward: normalised ``image_embeddings`` and ``text_embeddings`` [B, D], and with hard
-        negatives (``negative_ids`` [N, L]) their ``negative_text_embeddings`` [N, D]."""
-        features = {"image_embeddings": self.image_features(images),
-                    "text_embeddings": self.text_features(input_ids, attention_mask)}
+        negatives (``negative_ids`` [N, L]) their ``negative_text_embeddings`` [N, D]. With phrase heads and
+        targets (multi-hot [B, K] of the image's and of the caption's phrase labels), the heads' logits
+        ``phrase_image_logits`` / ``phrase_text_logits`` and the targets themselves, for the loss."""
+        pooled_image = self.visual(images)
+        pooled_text = self._text_pooled(input_ids, attention_mask)
+        features = {"image_embeddings": F.normalize(self.visual_projection(pooled_image), dim=-1),
+                    "text_embeddings": F.normalize(self.text_projection(pooled_text), dim=-1)}
+        if self.phrase_heads is not None and phrase_targets is not None and caption_phrase_targets is not None:
+            features.update(phrase_image_logits=self.phrase_heads["image"](pooled_image),
+                            phrase_text_logits=self.phrase_heads["text"](pooled_text),
+                            phrase_targets=phrase_targets, caption_phrase_targets=caption_phrase_targets)
         if negative_ids is not None:
             features["negative_text_embeddings"] = self.text_features(negative_ids, negative_mask)
         return features
@@ -246,7 +274,9 @@ class ContrastiveModel(ContrastiveScoring, nn.Module, PretrainedMixin):
         """The contrastive loss of a batch of features (gathered across processes under torchrun).
 
         ``temperature_grad=False`` detaches the temperature and bias (used by gradient accumulation so that
-        they receive their gradient once per step, not once per micro-batch).
+        they receive their gradient once per step, not once per micro-batch). With phrase logits in
+        ``features``, the loss is ``loss_weights["contrastive"]`` x the contrastive loss + ``loss_weights["phrase"]``
+        x the phrase loss (binary cross-entropy of each tower's head against its targets, the two summed).
         """
         scale = self.logit_scale if temperature_grad else self.logit_scale.detach()
         image, text = features["image_embeddings"], features["text_embeddings"]
@@ -257,6 +287,13 @@ class ContrastiveModel(ContrastiveScoring, nn.Module, PretrainedMixin):
             bias = self.logit_bias if temperature_grad else self.logit_bias.detach()
             loss = losses.sigmoid_loss(image, text, scale, bias, negatives)
         out = {"loss": loss, "logit_scale": self.logit_scale.detach().exp()}
+        if "phrase_image_logits" in features:
+            phrase = (F.binary_cross_entropy_with_logits(features["phrase_image_logits"].float(),
+                                                         features["phrase_targets"].float())
+                      + F.binary_cross_entropy_with_logits(features["phrase_text_logits"].float(),
+                                                           features["caption_phrase_targets"].float()))
+            out.update(contrastive_loss=loss.detach(), phrase_loss=phrase.detach(),
+                       loss=self.loss_weights["contrastive"] * loss + self.loss_weights["phrase"] * phrase)
         if self.logit_bias is not None:
             out["logit_bias"] = self.logit_bias.detach()
         return out
@@ -268,7 +305,8 @@ class ContrastiveModel(ContrastiveScoring, nn.Module, PretrainedMixin):
             return batch[key].to(self.device) if batch.get(key) is not None else None
 
         features = self(batch["images"].to(self.device, self.dtype), on_device("input_ids"),
-                        on_device("attention_mask"), on_device("negative_ids"), on_device("negative_mask"))
+                        on_device("attention_mask"), on_device("negative_ids"), on_device("negative_mask"),
+                        on_device("phrase_targets"), on_device("caption_phrase_targets"))
         return self.loss_from_features(features)
 
     @torch.no_grad()

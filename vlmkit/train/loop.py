@@ -17,11 +17,12 @@ from vlmkit.config import dump_config
 from vlmkit.data.sampler import EpochIndexed, ResumableBatchSampler
 from vlmkit.files import atomic_write_text
 from vlmkit.train import checkpoint as ckpt
-from vlmkit.train.optim import build_optimizer, learning_rate, set_learning_rate, warmup_steps
+from vlmkit.train.optim import (build_optimizer, learning_rate, phrase_loss_weights, set_learning_rate,
+                                warmup_steps)
 from vlmkit.train.step import optimizer_step
 from vlmkit.train.setup import (build_training_model, data_workers, load_initial_model, load_training_samples,
-                                prepare_tokenizer, prepare_vision_init, resolve_precision, setup_runtime,
-                                training_collator)
+                                prepare_phrase_vocabulary, prepare_tokenizer, prepare_vision_init,
+                                resolve_precision, setup_runtime, training_collator)
 from vlmkit.train.validate import Validator
 
 CALIBRATION_STEPS = 12  # steps timed to fit the schedule to a time budget
@@ -99,6 +100,7 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
             raise ValueError(f"train.freeze: a {config['model']['architecture']} model has no freezable parts")
         model.set_freeze(tcfg["freeze"])
         config["model"] = {"architecture": model.architecture, **model.config_dict()}
+    phrase_vocabulary = prepare_phrase_vocabulary(config, model, samples)  # before the optimizer: new heads
     if tcfg["precision"] == "bf16":
         model.to(torch.bfloat16)
     model.to(runtime.device)
@@ -114,7 +116,8 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
         raise ValueError("data.hard_negatives adds wrong captions to a contrastive loss: use it with a contrastive "
                          f"model (clip, siglip), not {config['model'].get('architecture')}")
     dataset = ImageTextDataset(samples, transform, seed=seed, on_bad_sample=dcfg["on_bad_sample"],
-                               max_pixels=int(dcfg["max_pixels"]), hard_negatives=int(dcfg["hard_negatives"]))
+                               max_pixels=int(dcfg["max_pixels"]), hard_negatives=int(dcfg["hard_negatives"]),
+                               phrase_vocabulary=phrase_vocabulary)
 
     state: dict[str, Any] = {"step": 0, "total_steps": tcfg["steps"], "elapsed_s": 0.0, "samples_seen": 0}
     if latest is not None:
@@ -167,6 +170,8 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
                 raise RuntimeError(f"every sample of step {step}'s batch was bad: {bad.summary()}")
             lr = learning_rate(step, total_steps or 10**9, float(tcfg["lr"]), warmup, float(tcfg["min_lr"]))
             set_learning_rate(optimizer, lr)
+            if phrase_vocabulary:
+                model.loss_weights = phrase_loss_weights(tcfg, step, total_steps)
             loss_value, logs = optimizer_step(trained, model, optimizer, batch, accum, clip, tcfg["precision"],
                                                runtime.device)
             step += 1

@@ -74,3 +74,17 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """The scheduled rate, times each group's ``lr_scale`` (per-module learning rates)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def phrase_loss_weights(tcfg: dict[str, Any], step: int, total_steps: int | None) -> dict[str, float]:
+    """Phrase pre-training's loss weights at ``step``: the phrase loss alone during ``train.phrase_warmup`` (steps,
+    or a fraction of ``total_steps``; while a time budget's schedule is still being fitted, the warm-up goes on),
+    then the contrastive loss plus ``train.phrase_weight`` x the phrase loss."""
+    warm = float(tcfg.get("phrase_warmup") or 0)
+    if 0 < warm < 1:
+        in_warmup = total_steps is None or step < warm * total_steps
+    else:
+        in_warmup = step < warm
+    if in_warmup:
+        return {"contrastive": 0.0, "phrase": 1.0}
+    return {"contrastive": 1.0, "phrase": float(tcfg.get("phrase_weight", 1.0))}

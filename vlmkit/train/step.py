@@ -14,6 +14,9 @@ from torch.nn.parallel import DistributedDataParallel
 from vlmkit.train.setup import autocast
 
 
+PER_SAMPLE_EXTRAS = ("phrase_targets", "caption_phrase_targets")
+
+
 def optimizer_step(trained: torch.nn.Module, model: Any, optimizer: torch.optim.Optimizer, batch: dict[str, Any],
                    accum: int, clip: float, precision: str, device: torch.device) -> tuple[float, dict[str, float]]:
     """One optimizer step over ``batch``, split into ``accum`` micro-batches."""
@@ -41,9 +44,11 @@ def _contrastive_backward(trained: torch.nn.Module, model: Any, batch: dict[str,
     texts = [batch["input_ids"].to(device, non_blocking=True), batch["attention_mask"].to(device, non_blocking=True)]
     negatives = [batch["negative_ids"].to(device), batch["negative_mask"].to(device)] if "negative_ids" in batch \
         else []
+    # per-sample tensors passed by name (phrase pre-training's multi-hot targets), split with their samples
+    extras = {key: batch[key].to(device) for key in PER_SAMPLE_EXTRAS if key in batch}
     if accum == 1 or len(images) < accum:
         with autocast(precision, device):
-            outputs = model.loss_from_features(trained(images, *texts, *negatives))
+            outputs = model.loss_from_features(trained(images, *texts, *negatives, **extras))
         outputs["loss"].backward()
     else:
         image_chunks = images.chunk(accum)
@@ -57,15 +62,17 @@ def _contrastive_backward(trained: torch.nn.Module, model: Any, batch: dict[str,
             for tensor in negatives:
                 for chunk, part in zip(chunks, tensor.split(counts)):
                     chunk.append(part)
+        named = [{key: part for key, part in zip(extras, parts)}
+                 for parts in zip(*(tensor.split(sizes) for tensor in extras.values()))] or [{} for _ in chunks]
         with torch.no_grad(), autocast(precision, device):
-            cached = [trained(*chunk) for chunk in chunks]
+            cached = [trained(*chunk, **kw) for chunk, kw in zip(chunks, named)]
         for index, chunk in enumerate(chunks):
             sync = index == len(chunks) - 1
             context = trained.no_sync() if (isinstance(trained, DistributedDataParallel) and not sync) \
                 else nullcontext()
             with context:
                 with autocast(precision, device):
-                    fresh = trained(*chunk)
+                    fresh = trained(*chunk, **named[index])
                     features = {key: torch.cat([fresh[key] if j == index else cached[j][key]
                                                 for j in range(len(chunks))]) for key in fresh}
                     outputs = model.loss_from_features(features, temperature_grad=index == 0)

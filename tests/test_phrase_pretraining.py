@@ -1,0 +1,171 @@
+"""Phrase pre-training: caption phrase labels, the towers' heads and loss, its schedule, training end to end."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vlmkit
+from vlmkit.config import load_config
+from vlmkit.data.phrases import build_vocabulary, phrase_labels
+from vlmkit.train.optim import phrase_loss_weights
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_train import _gradients  # noqa: E402
+
+
+def test_phrase_labels_bind_attributes_to_their_noun_and_give_relation_roles():
+    assert phrase_labels("a small red circle to the left of a large blue square") == [
+        "blue square", "blue square | right of", "large square", "red circle", "red circle | left of", "small circle"]
+    # the colour swap that a bag of words cannot tell apart has other labels
+    assert phrase_labels("a red circle and a blue square") == ["blue square", "red circle"]
+    assert phrase_labels("a blue circle and a red square") == ["blue circle", "red square"]
+    assert phrase_labels("there are two purple squares") == ["purple square"]  # plurals singular
+    assert phrase_labels("a green star above a yellow cross") == [
+        "green star", "green star | above", "yellow cross", "yellow cross | below"]
+    assert phrase_labels("a photo of a dog") == []  # no attribute: nothing to bind
+    assert phrase_labels("a red circle left of a red circle") == ["red circle"]  # no role between equals
+
+
+def test_vocabulary_is_the_most_frequent_labels_in_a_fixed_order():
+    captions = ["a red circle and a blue square", "a red circle", "a blue square", "a green star", "a red circle"]
+    assert build_vocabulary(captions, max_labels=10) == ["red circle", "blue square"]  # green star: seen once
+    assert build_vocabulary(captions, max_labels=1) == ["red circle"]
+    assert build_vocabulary(captions, max_labels=10, min_count=1) == ["red circle", "blue square", "green star"]
+
+
+def test_warmup_schedule_in_steps_fractions_and_while_the_budget_is_fitted():
+    tcfg = {"phrase_warmup": 5, "phrase_weight": 3.0}
+    assert phrase_loss_weights(tcfg, 4, 100) == {"contrastive": 0.0, "phrase": 1.0}
+    assert phrase_loss_weights(tcfg, 5, 100) == {"contrastive": 1.0, "phrase": 3.0}
+    fraction = {"phrase_warmup": 0.5, "phrase_weight": 2.0}
+    assert phrase_loss_weights(fraction, 49, 100)["contrastive"] == 0.0
+    assert phrase_loss_weights(fraction, 50, 100)["contrastive"] == 1.0
+    assert phrase_loss_weights(fraction, 500, None)["contrastive"] == 0.0  # schedule not fitted yet: still warm-up
+    assert phrase_loss_weights({"phrase_warmup": 0}, 0, 10) == {"contrastive": 1.0, "phrase": 1.0}
+
+
+def _model_with_heads(tiny_overrides, labels):
+    config = load_config("clip-tiny", tiny_overrides)
+    config["model"]["text"]["vocab_size"] = 50
+    torch.manual_seed(0)
+    model = vlmkit.build_model(config["model"])
+    model.set_phrase_labels(labels)
+    return model
+
+
+def _batch(labels: int, size: int = 8) -> dict:
+    generator = torch.Generator().manual_seed(1)
+    return {"images": torch.randn(size, 3, 32, 32, generator=generator),
+            "input_ids": torch.randint(1, 50, (size, 24), generator=generator),
+            "attention_mask": torch.ones(size, 24, dtype=torch.bool),
+            "phrase_targets": (torch.rand(size, labels, generator=generator) < 0.3).float(),
+            "caption_phrase_targets": (torch.rand(size, labels, generator=generator) < 0.2).float()}
+
+
+def test_phrase_loss_is_each_towers_binary_cross_entropy_and_weights_mix_it(tiny_overrides):
+    model = _model_with_heads(tiny_overrides, ["red circle", "blue square", "red circle | left of"])
+    batch = _batch(3)
+    features = model(batch["images"], batch["input_ids"], batch["attention_mask"],
+                     phrase_targets=batch["phrase_targets"], caption_phrase_targets=batch["caption_phrase_targets"])
+    image_logits = model.phrase_heads["image"](model.visual(batch["images"]))
+    text_logits = model.phrase_heads["text"](model.text(batch["input_ids"], batch["attention_mask"]))
+    torch.testing.assert_close(features["phrase_image_logits"], image_logits)
+    torch.testing.assert_close(features["phrase_text_logits"], text_logits)
+
+    def bce(logits, targets):  # written out, not F.binary_cross_entropy_with_logits
+        p = torch.sigmoid(logits)
+        return -(targets * p.log() + (1 - targets) * (1 - p).log()).mean()
+    expected_phrase = bce(image_logits, batch["phrase_targets"]) + bce(text_logits, batch["caption_phrase_targets"])
+    model.loss_weights = {"contrastive": 0.0, "phrase": 1.0}
+    warm = model.loss_from_features(features)
+    torch.testing.assert_close(warm["loss"], expected_phrase, rtol=1e-4, atol=1e-5)
+    model.loss_weights = {"contrastive": 1.0, "phrase": 10.0}
+    mixed = model.loss_from_features(features)
+    torch.testing.assert_close(mixed["loss"], mixed["contrastive_loss"] + 10 * expected_phrase, rtol=1e-4, atol=1e-5)
+    plain = model(batch["images"], batch["input_ids"], batch["attention_mask"])  # no targets: the plain loss
+    assert "phrase_image_logits" not in plain
+    torch.testing.assert_close(model.loss_from_features(plain)["loss"], mixed["contrastive_loss"])
+
+
+def test_accumulation_with_phrase_targets_equals_the_whole_batch(tiny_overrides):
+    model = _model_with_heads(tiny_overrides, ["red circle", "blue square", "green star", "blue square | above"])
+    model.loss_weights = {"contrastive": 1.0, "phrase": 5.0}
+    batch = _batch(4)
+    full = _gradients(model, batch, accum=1)
+    accumulated = _gradients(model, batch, accum=2)
+    assert "phrase_heads.image.weight" in full and "phrase_heads.text.weight" in full
+    for name in full:
+        assert torch.allclose(full[name], accumulated[name], atol=1e-6, rtol=1e-4), name
+
+
+def test_heads_and_labels_are_saved_with_the_model(tiny_overrides, tmp_path):
+    from vlmkit.models.hub import load
+
+    model = _model_with_heads(tiny_overrides, ["red circle", "blue square"])
+    model.save_pretrained(tmp_path / "m")
+    loaded = load(tmp_path / "m")
+    assert loaded.config.phrase_labels == ["red circle", "blue square"]
+    torch.testing.assert_close(loaded.phrase_heads["image"].weight, model.phrase_heads["image"].weight)
+    assert vlmkit.build_model(load_config("clip-tiny", tiny_overrides)["model"]).phrase_heads is None
+
+
+def test_items_carry_the_images_and_the_captions_phrase_targets(synth_data):
+    from vlmkit.data import Collator, ImageTextDataset, ImageTransform
+    from vlmkit.data.sources import ImageRef, Sample
+
+    image = str(next((synth_data / "images").iterdir()))
+    sample = Sample("k", ImageRef(image), ["a red circle and a blue square", "a blue square to the left of a red circle"])
+    vocabulary = ["red circle", "blue square", "blue square | left of", "green star"]
+    dataset = ImageTextDataset([sample] * 4, ImageTransform(32, train=True), phrase_vocabulary=vocabulary)
+    for index in range(4):
+        item = dataset[index]
+        assert item["phrase_targets"].tolist() == [1.0, 1.0, 1.0, 0.0]  # all its captions say
+        expected = [1.0, 1.0, 1.0 if "left" in item["caption"] else 0.0, 0.0]  # only the chosen caption
+        assert item["caption_phrase_targets"].tolist() == expected
+    batch = Collator()([dataset[0], dataset[1]])
+    assert batch["phrase_targets"].shape == (2, 4) and batch["caption_phrase_targets"].shape == (2, 4)
+    assert "phrase_targets" not in ImageTextDataset([sample], ImageTransform(32))[0]
+
+
+def test_training_warms_up_on_phrases_then_adds_the_contrastive_loss(synth_data, tiny_overrides, tmp_path):
+    from vlmkit.models.hub import load
+    from vlmkit.train import train
+
+    overrides = tiny_overrides + ["train.steps=6", "data.phrase_labels=64", "train.phrase_warmup=3",
+                                  "train.phrase_weight=2.0"]
+    result = train(load_config("clip-tiny-hardneg", overrides), data=synth_data / "captions.csv",
+                   out=tmp_path / "run", progress=False)
+    assert result.steps == 6
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all("phrase_loss" in r and "contrastive_loss" in r for r in records)
+    warm, after = records[:3], records[3:]
+    for record in warm:  # the contrastive loss has weight 0: the temperature gets no gradient
+        assert record["loss"] == pytest.approx(record["phrase_loss"], rel=1e-5)
+        assert record["logit_scale"] == pytest.approx(warm[0]["logit_scale"], rel=1e-6)
+    for record in after:
+        assert record["loss"] == pytest.approx(record["contrastive_loss"] + 2.0 * record["phrase_loss"], rel=1e-4)
+    assert after[-1]["logit_scale"] != pytest.approx(warm[0]["logit_scale"], rel=1e-6)
+    from vlmkit.data import load_samples
+
+    captions = [c for sample in load_samples(str(synth_data / "captions.csv")) for c in sample.captions]
+    labels = load(tmp_path / "run" / "model").config.phrase_labels
+    assert labels == build_vocabulary(captions, 64) and len(labels) == 64  # the training captions' top 64
+
+
+def test_phrase_labels_need_a_contrastive_model_and_captions_with_phrases(synth_data, tiny_overrides, tmp_path):
+    from vlmkit.train import train
+
+    with pytest.raises(ValueError, match="contrastive"):
+        train(load_config("llava-tiny", ["data.phrase_labels=8", "train.steps=1", "data.workers=0"]),
+              data=synth_data / "captions.csv", out=tmp_path / "bad", progress=False)
+    plain = tmp_path / "plain.csv"
+    image = next((synth_data / "images").iterdir())
+    plain.write_text("image,caption\n" + "".join(f"{image},a photo of a thing number {i}\n" for i in range(20)))
+    with pytest.raises(ValueError, match="no phrase with a colour or size word"):
+        train(load_config("clip-tiny", tiny_overrides + ["data.phrase_labels=8", "train.steps=1"]),
+              data=plain, out=tmp_path / "none", progress=False)

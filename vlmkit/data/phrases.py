@@ -1,0 +1,64 @@
+"""Phrase labels of a caption, for phrase pre-training (``data.phrase_labels``): what a caption says about which
+attribute goes with which object, and which object stands on which side of a relation, as labels a classifier
+can learn.
+
+- every noun phrase with colour or size words gives its attributes bound to its noun: "a small red circle" ->
+  ``red circle``, ``small circle`` (plurals singular: "two blue squares" -> ``blue square``);
+- every spatial relation between two such phrases gives each its role: "a red circle to the left of a blue
+  square" -> ``red circle | left of``, ``blue square | right of``.
+
+A bag of words cannot tell "a red circle and a blue square" from "a blue circle and a red square"; these labels
+can. Contrastive training from scratch settles on bags of words (the compositional probes stay at chance, see
+benchmarks/README.md); a short pre-training of each tower on its phrase labels breaks that. The grammar
+(colour, size and relation words, noun phrases) is the hard-negative rewriter's, so the two agree.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from vlmkit.data.hard_negatives import COLORS, SIZES, _phrases, _relation_matches, _tokens, singularize
+
+
+def _phrase_label(tokens: list[str], first: int, noun: int) -> tuple[list[str], str | None]:
+    """(labels of one noun phrase, its colour label or None)."""
+    words = [t.lower() for t in tokens[first + 1:noun] if t.strip()]
+    name = singularize(tokens[noun].lower())
+    colours = [w for w in words if w in COLORS]
+    sizes = [w for w in words if w in SIZES]
+    labels = []
+    main = f"{' '.join(colours)} {name}" if colours else None
+    if main:
+        labels.append(main)
+    if sizes:
+        labels.append(f"{' '.join(sizes)} {name}")
+    return labels, main or (labels[0] if labels else None)
+
+
+def phrase_labels(caption: str) -> list[str]:
+    """The caption's phrase labels, sorted and distinct (see the module docstring)."""
+    tokens = _tokens(caption)
+    offsets = [0]
+    for token in tokens:
+        offsets.append(offsets[-1] + len(token))
+    found: set[str] = set()
+    phrases = []
+    for first, noun, _ in _phrases(tokens):
+        labels, main = _phrase_label(tokens, first, noun)
+        found.update(labels)
+        phrases.append((offsets[first], offsets[noun + 1], main))
+    for start, end, opposite in _relation_matches(caption):
+        before = [p for p in phrases if p[1] <= start]
+        after = [p for p in phrases if p[0] >= end]
+        if before and after and before[-1][2] and after[0][2] and before[-1][2] != after[0][2]:
+            relation = caption[start:end].lower()
+            found.update({f"{before[-1][2]} | {relation}", f"{after[0][2]} | {opposite.lower()}"})
+    return sorted(found)
+
+
+def build_vocabulary(captions: Iterable[str], max_labels: int, min_count: int = 2) -> list[str]:
+    """The ``max_labels`` most frequent phrase labels of ``captions`` seen at least ``min_count`` times (ties in
+    alphabetical order, so the vocabulary is the same on every rank and every run)."""
+    counts = Counter(label for caption in captions for label in phrase_labels(caption))
+    ranked = sorted((label for label, n in counts.items() if n >= min_count), key=lambda label: (-counts[label], label))
+    return ranked[:max_labels]
