@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import vlmkit
 from vlmkit.config import load_config
 from vlmkit.data.phrases import build_vocabulary, phrase_labels
-from vlmkit.train.optim import phrase_loss_weights
+from vlmkit.train.optim import phrase_schedule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_train import _gradients  # noqa: E402
@@ -27,6 +27,7 @@ def test_phrase_labels_bind_attributes_to_their_noun_and_give_relation_roles():
     assert phrase_labels("there are two purple squares") == ["purple square"]  # plurals singular
     assert phrase_labels("a green star above a yellow cross") == [
         "green star", "green star | above", "yellow cross", "yellow cross | below"]
+    assert phrase_labels("a yellow colored square") == ["yellow square"]
     assert phrase_labels("a photo of a dog") == []  # no attribute: nothing to bind
     assert phrase_labels("a red circle left of a red circle") == ["red circle"]  # no role between equals
 
@@ -39,14 +40,21 @@ def test_vocabulary_is_the_most_frequent_labels_in_a_fixed_order():
 
 
 def test_warmup_schedule_in_steps_fractions_and_while_the_budget_is_fitted():
-    tcfg = {"phrase_warmup": 5, "phrase_weight": 3.0}
-    assert phrase_loss_weights(tcfg, 4, 100) == {"contrastive": 0.0, "phrase": 1.0}
-    assert phrase_loss_weights(tcfg, 5, 100) == {"contrastive": 1.0, "phrase": 3.0}
-    fraction = {"phrase_warmup": 0.5, "phrase_weight": 2.0}
-    assert phrase_loss_weights(fraction, 49, 100)["contrastive"] == 0.0
-    assert phrase_loss_weights(fraction, 50, 100)["contrastive"] == 1.0
-    assert phrase_loss_weights(fraction, 500, None)["contrastive"] == 0.0  # schedule not fitted yet: still warm-up
-    assert phrase_loss_weights({"phrase_warmup": 0}, 0, 10) == {"contrastive": 1.0, "phrase": 1.0}
+    from vlmkit.train.optim import learning_rate
+
+    tcfg = {"phrase_warmup": 5, "phrase_weight": 3.0, "lr": 1.0, "min_lr": 0.0}
+    weights, rate = phrase_schedule(tcfg, 4, 100, 2)
+    assert weights == {"contrastive": 0.0, "phrase": 1.0} and rate == learning_rate(4, 5, 1.0, 2)
+    weights, rate = phrase_schedule(tcfg, 5, 100, 2)  # the contrastive phase restarts the schedule
+    assert weights == {"contrastive": 1.0, "phrase": 3.0} and rate == learning_rate(0, 95, 1.0, 2) == 0.5
+    assert phrase_schedule(tcfg, 100, 100, 2)[1] == learning_rate(95, 95, 1.0, 2)
+    fraction = {"phrase_warmup": 0.5, "phrase_weight": 2.0, "lr": 1.0}
+    assert phrase_schedule(fraction, 49, 100, 0)[0]["contrastive"] == 0.0
+    assert phrase_schedule(fraction, 50, 100, 0)[0]["contrastive"] == 1.0
+    weights, rate = phrase_schedule(fraction, 500, None, 0)  # schedule not fitted yet: still warming up
+    assert weights["contrastive"] == 0.0 and rate == pytest.approx(1.0)
+    off = {"phrase_warmup": 0, "lr": 1.0}
+    assert phrase_schedule(off, 7, 10, 2) == ({"contrastive": 1.0, "phrase": 1.0}, learning_rate(7, 10, 1.0, 2))
 
 
 def _model_with_heads(tiny_overrides, labels):
@@ -154,7 +162,7 @@ def test_training_warms_up_on_phrases_then_adds_the_contrastive_loss(synth_data,
 
     captions = [c for sample in load_samples(str(synth_data / "captions.csv")) for c in sample.captions]
     labels = load(tmp_path / "run" / "model").config.phrase_labels
-    assert labels == build_vocabulary(captions, 64) and len(labels) == 64  # the training captions' top 64
+    assert labels and labels == build_vocabulary(captions, 64)  # the training captions' most frequent
 
 
 def test_phrase_labels_need_a_contrastive_model_and_captions_with_phrases(synth_data, tiny_overrides, tmp_path):

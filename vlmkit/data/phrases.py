@@ -20,9 +20,17 @@ from collections.abc import Iterable
 from vlmkit.data.hard_negatives import COLORS, SIZES, _phrases, _relation_matches, _tokens, singularize
 
 
+MODIFIERS = {"colored", "coloured", "shaped"}  # "a red colored square": the noun comes after
+
+
 def _phrase_label(tokens: list[str], first: int, noun: int) -> tuple[list[str], str | None]:
     """(labels of one noun phrase, its colour label or None)."""
-    words = [t.lower() for t in tokens[first + 1:noun] if t.strip()]
+    if tokens[noun].lower() in MODIFIERS:
+        following = [k for k in range(noun + 1, len(tokens)) if tokens[k].strip()]
+        if not following or not tokens[following[0]][0].isalpha():
+            return [], None
+        noun = following[0]
+    words = [t.lower() for t in tokens[first + 1:noun] if t.strip() and t.lower() not in MODIFIERS]
     name = singularize(tokens[noun].lower())
     colours = [w for w in words if w in COLORS]
     sizes = [w for w in words if w in SIZES]

@@ -17,7 +17,7 @@ from vlmkit.config import dump_config
 from vlmkit.data.sampler import EpochIndexed, ResumableBatchSampler
 from vlmkit.files import atomic_write_text
 from vlmkit.train import checkpoint as ckpt
-from vlmkit.train.optim import (build_optimizer, learning_rate, phrase_loss_weights, set_learning_rate,
+from vlmkit.train.optim import (build_optimizer, learning_rate, phrase_schedule, set_learning_rate,
                                 warmup_steps)
 from vlmkit.train.step import optimizer_step
 from vlmkit.train.setup import (build_training_model, data_workers, load_initial_model, load_training_samples,
@@ -169,9 +169,9 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
             if batch["images"] is None or len(batch["images"]) == 0:
                 raise RuntimeError(f"every sample of step {step}'s batch was bad: {bad.summary()}")
             lr = learning_rate(step, total_steps or 10**9, float(tcfg["lr"]), warmup, float(tcfg["min_lr"]))
-            set_learning_rate(optimizer, lr)
             if phrase_vocabulary:
-                model.loss_weights = phrase_loss_weights(tcfg, step, total_steps)
+                model.loss_weights, lr = phrase_schedule(tcfg, step, total_steps, warmup)
+            set_learning_rate(optimizer, lr)
             loss_value, logs = optimizer_step(trained, model, optimizer, batch, accum, clip, tcfg["precision"],
                                                runtime.device)
             step += 1

@@ -76,15 +76,20 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
-def phrase_loss_weights(tcfg: dict[str, Any], step: int, total_steps: int | None) -> dict[str, float]:
-    """Phrase pre-training's loss weights at ``step``: the phrase loss alone during ``train.phrase_warmup`` (steps,
-    or a fraction of ``total_steps``; while a time budget's schedule is still being fitted, the warm-up goes on),
-    then the contrastive loss plus ``train.phrase_weight`` x the phrase loss."""
+def phrase_schedule(tcfg: dict[str, Any], step: int, total_steps: int | None,
+                    warmup: int) -> tuple[dict[str, float], float]:
+    """Phrase pre-training's loss weights and learning rate at ``step``. During ``train.phrase_warmup`` (steps, or a
+    fraction of ``total_steps``; while a time budget's schedule is still being fitted, the warm-up goes on) the
+    phrase loss trains alone; then the contrastive loss plus ``train.phrase_weight`` x the phrase loss. Each phase
+    has its own schedule (linear warmup, cosine decay), so the contrastive phase starts at the full rate."""
     warm = float(tcfg.get("phrase_warmup") or 0)
+    base, min_lr = float(tcfg["lr"]), float(tcfg.get("min_lr") or 0.0)
     if 0 < warm < 1:
-        in_warmup = total_steps is None or step < warm * total_steps
+        phase_steps = None if total_steps is None else int(round(warm * total_steps))
     else:
-        in_warmup = step < warm
-    if in_warmup:
-        return {"contrastive": 0.0, "phrase": 1.0}
-    return {"contrastive": 1.0, "phrase": float(tcfg.get("phrase_weight", 1.0))}
+        phase_steps = int(warm)
+    if phase_steps is None or step < phase_steps:
+        rate = learning_rate(step, phase_steps or 10**9, base, warmup, min_lr)
+        return {"contrastive": 0.0, "phrase": 1.0}, rate
+    rate = learning_rate(step - phase_steps, (total_steps or 10**9) - phase_steps, base, warmup, min_lr)
+    return {"contrastive": 1.0, "phrase": float(tcfg.get("phrase_weight", 1.0))}, rate
