@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import vlmkit
 from vlmkit.config import load_config
@@ -177,3 +176,19 @@ def test_phrase_labels_need_a_contrastive_model_and_captions_with_phrases(synth_
     with pytest.raises(ValueError, match="no phrase with a colour or size word"):
         train(load_config("clip-tiny", tiny_overrides + ["data.phrase_labels=8", "train.steps=1"]),
               data=plain, out=tmp_path / "none", progress=False)
+
+
+def test_a_resumed_run_keeps_its_vocabulary_and_heads(synth_data, tiny_overrides, tmp_path):
+    from vlmkit.models.hub import load
+    from vlmkit.train import train
+
+    overrides = tiny_overrides + ["data.phrase_labels=32", "train.phrase_warmup=2", "train.checkpoint_every=2"]
+    train(load_config("clip-tiny", overrides + ["train.steps=2"]), data=synth_data / "captions.csv",
+          out=tmp_path / "run", progress=False)
+    first = load(tmp_path / "run" / "model")
+    result = train(load_config("clip-tiny", overrides + ["train.steps=4"]), data=synth_data / "captions.csv",
+                   out=tmp_path / "run", resume=True, progress=False)
+    assert result.steps == 4
+    resumed = load(tmp_path / "run" / "model")
+    assert resumed.config.phrase_labels == first.config.phrase_labels
+    assert not torch.equal(resumed.phrase_heads["text"].weight, first.phrase_heads["text"].weight)  # trained on
