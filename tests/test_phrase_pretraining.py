@@ -126,7 +126,8 @@ def test_items_carry_the_images_and_the_captions_phrase_targets(synth_data):
     from vlmkit.data.sources import ImageRef, Sample
 
     image = str(next((synth_data / "images").iterdir()))
-    sample = Sample("k", ImageRef(image), ["a red circle and a blue square", "a blue square to the left of a red circle"])
+    captions = ["a red circle and a blue square", "a blue square to the left of a red circle"]
+    sample = Sample("k", ImageRef(image), captions)
     vocabulary = ["red circle", "blue square", "blue square | left of", "green star"]
     dataset = ImageTextDataset([sample] * 4, ImageTransform(32, train=True), phrase_vocabulary=vocabulary)
     for index in range(4):
