@@ -129,23 +129,31 @@ def _relation_matches(caption: str) -> list[tuple[int, int, str]]:
     return found
 
 
+def _relation_neighbours(caption: str, tokens: list[str], phrases: list[tuple[int, int, bool]]
+                         ) -> list[tuple[tuple[int, int, bool], tuple[int, int, bool], str, str]]:
+    """For each relation word of ``caption`` with a noun phrase on either side: (the phrase just before it, the
+    phrase just after it, the relation as written, its opposite). ``tokens`` / ``phrases`` are the caption's."""
+    offsets = [0]
+    for token in tokens:
+        offsets.append(offsets[-1] + len(token))
+    found = []
+    for start, end, opposite in _relation_matches(caption):
+        before = [p for p in phrases if offsets[p[1] + 1] <= start]
+        after = [p for p in phrases if offsets[p[0]] >= end]
+        if before and after:
+            found.append((before[-1], after[0], caption[start:end], opposite))
+    return found
+
+
 def swap_phrases(caption: str, rng: random.Random) -> str | None:
     """The noun phrase before a relation and the one after it exchange places (only where both exist and
     differ: "a circle and a square" keeps its meaning when swapped, so a caption without a relation gets none)."""
     tokens = _tokens(caption)
-    offsets = [0]
-    for token in tokens:
-        offsets.append(offsets[-1] + len(token))
-    phrases = _phrases(tokens)
     options = []
-    for start, end, _ in _relation_matches(caption):
-        before = [p for p in phrases if offsets[p[1] + 1] <= start]
-        after = [p for p in phrases if offsets[p[0]] >= end]
-        if before and after:
-            (a0, a1, _), (b0, b1, _) = before[-1], after[0]
-            first, second = tokens[a0:a1 + 1], tokens[b0:b1 + 1]
-            if "".join(first).lower() != "".join(second).lower():
-                options.append(tokens[:a0] + second + tokens[a1 + 1:b0] + first + tokens[b1 + 1:])
+    for (a0, a1, _), (b0, b1, _), _, _ in _relation_neighbours(caption, tokens, _phrases(tokens)):
+        first, second = tokens[a0:a1 + 1], tokens[b0:b1 + 1]
+        if "".join(first).lower() != "".join(second).lower():
+            options.append(tokens[:a0] + second + tokens[a1 + 1:b0] + first + tokens[b1 + 1:])
     return _text(rng.choice(options)) if options else None
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from vlmkit.data.hard_negatives import COLORS, SIZES, _phrases, _relation_matches, _tokens, singularize
+from vlmkit.data.hard_negatives import COLORS, SIZES, _phrases, _relation_neighbours, _tokens, singularize
 
 
 MODIFIERS = {"colored", "coloured", "shaped"}  # "a red colored square": the noun comes after
@@ -46,21 +46,16 @@ def _phrase_label(tokens: list[str], first: int, noun: int) -> tuple[list[str], 
 def phrase_labels(caption: str) -> list[str]:
     """The caption's phrase labels, sorted and distinct (see the module docstring)."""
     tokens = _tokens(caption)
-    offsets = [0]
-    for token in tokens:
-        offsets.append(offsets[-1] + len(token))
+    phrases = _phrases(tokens)
     found: set[str] = set()
-    phrases = []
-    for first, noun, _ in _phrases(tokens):
-        labels, main = _phrase_label(tokens, first, noun)
+    main: dict[tuple[int, int, bool], str | None] = {}  # each phrase's label in a relation role
+    for phrase in phrases:
+        labels, main[phrase] = _phrase_label(tokens, phrase[0], phrase[1])
         found.update(labels)
-        phrases.append((offsets[first], offsets[noun + 1], main))
-    for start, end, opposite in _relation_matches(caption):
-        before = [p for p in phrases if p[1] <= start]
-        after = [p for p in phrases if p[0] >= end]
-        if before and after and before[-1][2] and after[0][2] and before[-1][2] != after[0][2]:
-            relation = caption[start:end].lower()
-            found.update({f"{before[-1][2]} | {relation}", f"{after[0][2]} | {opposite.lower()}"})
+    for before, after, relation, opposite in _relation_neighbours(caption, tokens, phrases):
+        subject, obj = main[before], main[after]
+        if subject and obj and subject != obj:
+            found.update({f"{subject} | {relation.lower()}", f"{obj} | {opposite.lower()}"})
     return sorted(found)
 
 

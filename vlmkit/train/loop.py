@@ -168,9 +168,10 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
             bad.update_from_batch(batch)
             if batch["images"] is None or len(batch["images"]) == 0:
                 raise RuntimeError(f"every sample of step {step}'s batch was bad: {bad.summary()}")
-            lr = learning_rate(step, total_steps or 10**9, float(tcfg["lr"]), warmup, float(tcfg["min_lr"]))
-            if phrase_vocabulary:
+            if phrase_vocabulary:  # two phases, each with its own schedule
                 model.loss_weights, lr = phrase_schedule(tcfg, step, total_steps, warmup)
+            else:
+                lr = learning_rate(step, total_steps or 10**9, float(tcfg["lr"]), warmup, float(tcfg["min_lr"]))
             set_learning_rate(optimizer, lr)
             loss_value, logs = optimizer_step(trained, model, optimizer, batch, accum, clip, tcfg["precision"],
                                                runtime.device)
