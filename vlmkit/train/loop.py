@@ -181,8 +181,12 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
             window_samples += len(batch["images"]) * runtime.world_size
             state["samples_seen"] = int(state.get("samples_seen", 0)) + len(batch["images"]) * runtime.world_size
 
-            if total_steps is None and step == CALIBRATION_STEPS + 2:
-                total_steps = _fit_steps_to_budget(step, budget_clock() - budget_start, budget_s, runtime)
+            if total_steps is None and step == start_step + 2:
+                calibration_start = budget_clock()  # the first two steps pay one-off costs: not timed
+            if total_steps is None and step == start_step + CALIBRATION_STEPS + 2:
+                total_steps = _fit_steps_to_budget(step, CALIBRATION_STEPS, budget_clock() - calibration_start,
+                                                   budget_s - (elapsed_before + budget_clock() - budget_start),
+                                                   runtime)
                 state["total_steps"] = total_steps
                 if bar is not None:
                     bar.total = total_steps
@@ -244,11 +248,10 @@ def _budget_clock(tcfg: dict[str, Any]) -> Any:
     return time.process_time if clock == "cpu" else time.perf_counter
 
 
-def _fit_steps_to_budget(step: int, seconds: float, budget_s: float | None, runtime: Any) -> int:
-    """Fit the schedule to the time budget from the steps timed so far (agreed across ranks)."""
-    assert budget_s is not None
-    per_step = distributed.all_reduce_mean(seconds / step, runtime.device)
-    return max(step + 1, int(budget_s / per_step))
+def _fit_steps_to_budget(step: int, timed_steps: int, seconds: float, budget_left_s: float, runtime: Any) -> int:
+    """Fit the schedule to what is left of the time budget from the timed steps (agreed across ranks)."""
+    per_step = distributed.all_reduce_mean(seconds / timed_steps, runtime.device)
+    return max(step + 1, step + int(budget_left_s / max(per_step, 1e-9)))
 
 
 def _save(run_dir: Path, step: int, model: Any, optimizer: Any, state: dict[str, Any], main: bool) -> None:
