@@ -56,6 +56,54 @@ def test_warmup_schedule_in_steps_fractions_and_while_the_budget_is_fitted():
     assert phrase_schedule(off, 7, 10, 2) == ({"contrastive": 1.0, "phrase": 1.0}, learning_rate(7, 10, 1.0, 2))
 
 
+def test_the_warmup_has_its_own_peak_rate_and_a_length_fixed_once_known():
+    from vlmkit.train.optim import learning_rate, phrase_warmup_steps
+
+    tcfg = {"phrase_warmup": 0.5, "phrase_weight": 3.0, "lr": 1.0, "phrase_lr": 0.25, "min_lr": 0.0}
+    assert phrase_warmup_steps(tcfg, None) is None and phrase_warmup_steps(tcfg, 100) == 50
+    assert phrase_warmup_steps({"phrase_warmup": 7}, None) == 7
+    weights, rate = phrase_schedule(tcfg, 10, 100, 2)
+    assert weights["contrastive"] == 0.0 and rate == learning_rate(10, 50, 0.25, 2)
+    assert phrase_schedule(tcfg, 50, 100, 2)[1] == learning_rate(0, 50, 1.0, 2)  # the contrastive phase: train.lr
+    # a length fixed earlier (the first fit of a time budget) holds when the schedule is fitted again
+    weights, rate = phrase_schedule(tcfg, 60, 80, 2, phase_steps=50)
+    assert weights["contrastive"] == 1.0 and rate == learning_rate(10, 30, 1.0, 2)
+    assert phrase_schedule(tcfg, 45, 80, 2, phase_steps=50)[0]["contrastive"] == 0.0
+
+
+def test_the_warmup_does_not_encode_the_hard_negatives(tiny_overrides):
+    model = _model_with_heads(tiny_overrides, ["red circle", "blue square"])
+    batch = _batch(2)
+    negatives = {"negative_ids": batch["input_ids"][:, torch.randperm(24)], "negative_mask": batch["attention_mask"]}
+    targets = {k: batch[k] for k in ("phrase_targets", "caption_phrase_targets")}
+    model.loss_weights = {"contrastive": 0.0, "phrase": 1.0}
+    warm = model(batch["images"], batch["input_ids"], batch["attention_mask"], **negatives, **targets)
+    assert "negative_text_embeddings" not in warm
+    model.loss_weights = {"contrastive": 1.0, "phrase": 2.0}
+    mixed = model(batch["images"], batch["input_ids"], batch["attention_mask"], **negatives, **targets)
+    assert mixed["negative_text_embeddings"].shape == (8, mixed["text_embeddings"].shape[1])
+    # without phrase targets the weights do not apply: hard negatives alone are always encoded
+    model.loss_weights = {"contrastive": 0.0, "phrase": 1.0}
+    assert "negative_text_embeddings" in model(batch["images"], batch["input_ids"], batch["attention_mask"],
+                                               **negatives)
+
+
+def test_a_time_budget_is_fitted_again_when_the_warmup_ends(synth_data, tiny_overrides, tmp_path):
+    from vlmkit.train import train
+
+    overrides = tiny_overrides + ["train.steps=null", "train.minutes=0.25", "train.clock=cpu",
+                                  "data.phrase_labels=64", "train.phrase_warmup=0.5", "train.phrase_lr=2e-4"]
+    result = train(load_config("clip-tiny-hardneg", overrides), data=synth_data / "captions.csv",
+                   out=tmp_path / "run", progress=False)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    first, second = summary["schedule_fits"]  # steps 2-13 of the warm-up timed, then 2-13 of the contrastive phase
+    assert first["at_step"] == 14 and second["at_step"] == round(0.5 * first["total_steps"]) + 14
+    assert result.steps <= second["total_steps"]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    warm = [r for r in records if r["step"] <= round(0.5 * first["total_steps"])]
+    assert warm and max(r["lr"] for r in warm) <= 2e-4 + 1e-12  # the warm-up's own peak rate
+
+
 def _model_with_heads(tiny_overrides, labels):
     config = load_config("clip-tiny", tiny_overrides)
     config["model"]["text"]["vocab_size"] = 50

@@ -44,8 +44,9 @@ DEFAULTS: dict[str, Any] = {
         "lr": 5.0e-4,
         "lr_scales": {},  # per-module multipliers of lr, by parameter-name prefix, e.g. {visual: 0.1, connector: 1}
         "warmup": 100,  # steps of linear warmup (a number < 1 is a fraction of the steps)
-        "phrase_warmup": 0,  # with data.phrase_labels: steps (< 1: a fraction) that train the phrase heads alone
+        "phrase_warmup": 0,  # with data.phrase_labels: steps (< 1: a fraction) on the phrase loss alone
         "phrase_weight": 1.0,  # with data.phrase_labels: the phrase loss's weight after phrase_warmup
+        "phrase_lr": None,  # with data.phrase_labels: the warm-up's peak learning rate (None: train.lr)
         "min_lr": 0.0,
         "weight_decay": 0.2,
         "betas": [0.9, 0.98],

@@ -256,7 +256,8 @@ class ContrastiveModel(ContrastiveScoring, nn.Module, PretrainedMixin):
         """Training forward: normalised ``image_embeddings`` and ``text_embeddings`` [B, D], and with hard
         negatives (``negative_ids`` [N, L]) their ``negative_text_embeddings`` [N, D]. With phrase heads and
         targets (multi-hot [B, K] of the image's and of the caption's phrase labels), the heads' logits
-        ``phrase_image_logits`` / ``phrase_text_logits`` and the targets themselves, for the loss."""
+        ``phrase_image_logits`` / ``phrase_text_logits`` and the targets themselves, for the loss (during a phrase
+        warm-up, ``loss_weights["contrastive"] == 0``, without the hard negatives' embeddings: nothing uses them)."""
         pooled_image = self.visual(images)
         pooled_text = self._text_pooled(input_ids, attention_mask)
         features = {"image_embeddings": F.normalize(self.visual_projection(pooled_image), dim=-1),
@@ -265,7 +266,8 @@ class ContrastiveModel(ContrastiveScoring, nn.Module, PretrainedMixin):
             features.update(phrase_image_logits=self.phrase_heads["image"](pooled_image),
                             phrase_text_logits=self.phrase_heads["text"](pooled_text),
                             phrase_targets=phrase_targets, caption_phrase_targets=caption_phrase_targets)
-        if negative_ids is not None:
+        warming_up = "phrase_image_logits" in features and self.loss_weights["contrastive"] == 0
+        if negative_ids is not None and not warming_up:  # a phrase warm-up does not pay for the hard negatives
             features["negative_text_embeddings"] = self.text_features(negative_ids, negative_mask)
         return features
 

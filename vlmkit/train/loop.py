@@ -17,8 +17,8 @@ from vlmkit.config import dump_config
 from vlmkit.data.sampler import EpochIndexed, ResumableBatchSampler
 from vlmkit.files import atomic_write_text
 from vlmkit.train import checkpoint as ckpt
-from vlmkit.train.optim import (build_optimizer, learning_rate, phrase_schedule, set_learning_rate,
-                                warmup_steps)
+from vlmkit.train.optim import (build_optimizer, learning_rate, phrase_schedule, phrase_warmup_steps,
+                                set_learning_rate, warmup_steps)
 from vlmkit.train.step import optimizer_step
 from vlmkit.train.setup import (build_training_model, data_workers, load_initial_model, load_training_samples,
                                 prepare_phrase_vocabulary, prepare_tokenizer, prepare_vision_init,
@@ -159,6 +159,17 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
     run_start, elapsed_before = time.perf_counter(), float(state.get("elapsed_s", 0.0))
     wall_before, budget_start = float(state.get("wall_s", elapsed_before)), budget_clock()
     last_loss, validation = math.nan, {}
+    # a time budget's schedule is fitted from CALIBRATION_STEPS timed steps (after two untimed ones), and fitted
+    # again when phrase pre-training's warm-up ends: its steps skip the contrastive side and cost less
+    calibrate_at, calibration_start = (start_step + 2 if total_steps is None else None), 0.0
+    phrase_phase = state.get("phrase_warmup_steps")
+    if phrase_vocabulary and phrase_phase is None:
+        phrase_phase = phrase_warmup_steps(tcfg, total_steps)
+    fitted = budget_s is not None and tcfg.get("steps") is None
+
+    def refit_step() -> int | None:  # where phrase pre-training's warm-up ends, if the budget is fitted again there
+        return phrase_phase if fitted and phrase_phase is not None and step < phrase_phase else None
+    refit_at = refit_step()
 
     trained.train()
     with _StopFlag() as stop:
@@ -169,7 +180,7 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
             if batch["images"] is None or len(batch["images"]) == 0:
                 raise RuntimeError(f"every sample of step {step}'s batch was bad: {bad.summary()}")
             if phrase_vocabulary:  # two phases, each with its own schedule
-                model.loss_weights, lr = phrase_schedule(tcfg, step, total_steps, warmup)
+                model.loss_weights, lr = phrase_schedule(tcfg, step, total_steps, warmup, phrase_phase)
             else:
                 lr = learning_rate(step, total_steps or 10**9, float(tcfg["lr"]), warmup, float(tcfg["min_lr"]))
             set_learning_rate(optimizer, lr)
@@ -181,16 +192,24 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
             window_samples += len(batch["images"]) * runtime.world_size
             state["samples_seen"] = int(state.get("samples_seen", 0)) + len(batch["images"]) * runtime.world_size
 
-            if total_steps is None and step == start_step + 2:
-                calibration_start = budget_clock()  # the first two steps pay one-off costs: not timed
-            if total_steps is None and step == start_step + CALIBRATION_STEPS + 2:
+            if step == calibrate_at:
+                calibration_start = budget_clock()
+            elif calibrate_at is not None and step == calibrate_at + CALIBRATION_STEPS:
+                assert budget_s is not None
                 total_steps = _fit_steps_to_budget(step, CALIBRATION_STEPS, budget_clock() - calibration_start,
                                                    budget_s - (elapsed_before + budget_clock() - budget_start),
                                                    runtime)
-                state["total_steps"] = total_steps
+                calibrate_at, state["total_steps"] = None, total_steps
+                fit = {"at_step": step, "total_steps": total_steps}
+                state["schedule_fits"] = [*state.get("schedule_fits", []), fit]
+                if phrase_vocabulary and phrase_phase is None:
+                    phrase_phase = phrase_warmup_steps(tcfg, total_steps)
+                refit_at = refit_step() if phrase_vocabulary else None
                 if bar is not None:
                     bar.total = total_steps
                     bar.refresh()
+            if step == refit_at and step + 2 + CALIBRATION_STEPS < (total_steps or 0):
+                calibrate_at = step + 2
             elapsed = elapsed_before + budget_clock() - budget_start  # on the budget's clock
             if step % log_every == 0 or step == total_steps:
                 seconds = time.perf_counter() - window_start
@@ -212,6 +231,7 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
                 validation = validator.run(step, run_dir)
             if (ckpt_every and step % ckpt_every == 0) or finished:
                 state.update(elapsed_s=elapsed, wall_s=wall_before + time.perf_counter() - run_start,
+                             phrase_warmup_steps=phrase_phase,
                              bad_samples=bad.as_dict(), total_steps=total_steps)
                 _save(run_dir, step, model, optimizer, state, main)
             window_start += time.perf_counter() - pause_start  # throughput counts training, not checkpoints or eval
@@ -230,6 +250,7 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
         summary = {"steps": step, "total_steps": total_steps, "seconds": round(seconds, 2),
                    "clock": tcfg.get("clock") or "wall", "budget_elapsed_s": round(budget_elapsed, 2),
                    "samples_seen": state.get("samples_seen", 0), "final_loss": last_loss,
+                   **({"schedule_fits": state["schedule_fits"]} if state.get("schedule_fits") else {}),
                    "bad_samples": bad.as_dict(), "validation": validation, "stopped_early": stop.requested}
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         if bad:

@@ -76,20 +76,28 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
-def phrase_schedule(tcfg: dict[str, Any], step: int, total_steps: int | None,
-                    warmup: int) -> tuple[dict[str, float], float]:
-    """Phrase pre-training's loss weights and learning rate at ``step``. During ``train.phrase_warmup`` (steps, or a
-    fraction of ``total_steps``; while a time budget's schedule is still being fitted, the warm-up goes on) the
-    phrase loss trains alone; then the contrastive loss plus ``train.phrase_weight`` x the phrase loss. Each phase
-    has its own schedule (linear warmup, cosine decay), so the contrastive phase starts at the full rate."""
+def phrase_warmup_steps(tcfg: dict[str, Any], total_steps: int | None) -> int | None:
+    """The phrase warm-up's length: ``train.phrase_warmup`` in steps, or a fraction of ``total_steps`` (None while a
+    time budget's schedule is still being fitted)."""
     warm = float(tcfg.get("phrase_warmup") or 0)
-    base, min_lr = float(tcfg["lr"]), float(tcfg.get("min_lr") or 0.0)
     if 0 < warm < 1:
-        phase_steps = None if total_steps is None else int(round(warm * total_steps))
-    else:
-        phase_steps = int(warm)
+        return None if total_steps is None else int(round(warm * total_steps))
+    return int(warm)
+
+
+def phrase_schedule(tcfg: dict[str, Any], step: int, total_steps: int | None, warmup: int,
+                    phase_steps: int | None = None) -> tuple[dict[str, float], float]:
+    """Phrase pre-training's loss weights and learning rate at ``step``. During the warm-up (``phase_steps``, by
+    default :func:`phrase_warmup_steps`; while it is unknown the warm-up goes on) the phrase loss trains alone, its
+    rate peaking at ``train.phrase_lr`` (default ``train.lr``); then the contrastive loss plus
+    ``train.phrase_weight`` x the phrase loss at ``train.lr``. Each phase has its own schedule (linear warmup, cosine
+    decay), so the contrastive phase starts at the full rate."""
+    if phase_steps is None:
+        phase_steps = phrase_warmup_steps(tcfg, total_steps)
+    base, min_lr = float(tcfg["lr"]), float(tcfg.get("min_lr") or 0.0)
     if phase_steps is None or step < phase_steps:
-        rate = learning_rate(step, phase_steps or 10**9, base, warmup, min_lr)
+        peak = float(tcfg.get("phrase_lr") or base)
+        rate = learning_rate(step, phase_steps or 10**9, peak, warmup, min(min_lr, peak))
         return {"contrastive": 0.0, "phrase": 1.0}, rate
     rate = learning_rate(step - phase_steps, (total_steps or 10**9) - phase_steps, base, warmup, min_lr)
     return {"contrastive": 1.0, "phrase": float(tcfg.get("phrase_weight", 1.0))}, rate
