@@ -188,6 +188,37 @@ def test_items_carry_the_images_and_the_captions_phrase_targets(synth_data):
     assert "phrase_targets" not in ImageTextDataset([sample], ImageTransform(32))[0]
 
 
+def test_a_scene_states_every_object_and_relation_and_its_image_learns_them(synth_data):
+    from vlmkit.data import ImageTextDataset, ImageTransform, load_samples
+    from vlmkit.data.phrases import attach_scene_statements, scene_statements
+
+    record = {"objects": [{"color": "red", "shape": "circle", "size": "small"},
+                          {"color": "blue", "shape": "square", "size": "large"},
+                          {"color": "red", "shape": "circle", "size": "large"}],
+              "relations": [{"subject": 0, "relation": "left of", "object": 1},
+                            {"subject": 1, "relation": "above", "object": 0},
+                            {"subject": 0, "relation": "below", "object": 2}]}  # same class: says nothing
+    statements = scene_statements(record)
+    assert statements == ["a small red circle", "a large blue square", "a large red circle",
+                          "a red circle to the left of a blue square", "a blue square above a red circle"]
+    labels = {label for statement in statements for label in phrase_labels(statement)}
+    assert {"red circle | left of", "blue square | right of", "blue square | above", "red circle | below",
+            "small circle", "large square"} <= labels
+
+    samples = load_samples(str(synth_data / "captions.csv"))
+    assert attach_scene_statements(samples, synth_data / "captions.csv") == len(samples)
+    metadata = {json.loads(line)["key"]: json.loads(line) for line in (synth_data / "metadata.jsonl").open()}
+    sample = next(s for s in samples if len(metadata[Path(s.image.path).stem]["relations"]) >= 2)
+    assert sample.meta["statements"] == scene_statements(metadata[Path(sample.image.path).stem])
+    said = {label for caption in sample.captions for label in phrase_labels(caption)}
+    stated = {label for text in sample.meta["statements"] for label in phrase_labels(text)}
+    vocabulary = sorted(said | stated)
+    item = ImageTextDataset([sample], ImageTransform(32), phrase_vocabulary=vocabulary)[0]
+    assert {vocabulary[i] for i in item["phrase_targets"].nonzero().flatten().tolist()} == said | stated
+    assert stated - said  # the metadata says more than the two captions
+    assert attach_scene_statements(load_samples(str(synth_data / "captions.csv")), synth_data / "images") == 0
+
+
 def test_training_warms_up_on_phrases_then_adds_the_contrastive_loss(synth_data, tiny_overrides, tmp_path):
     from vlmkit.models.hub import load
     from vlmkit.train import train
@@ -208,9 +239,17 @@ def test_training_warms_up_on_phrases_then_adds_the_contrastive_loss(synth_data,
     assert after[-1]["logit_scale"] != pytest.approx(warm[0]["logit_scale"], rel=1e-6)
     from vlmkit.data import load_samples
 
-    captions = [c for sample in load_samples(str(synth_data / "captions.csv")) for c in sample.captions]
+    from vlmkit.data.phrases import attach_scene_statements
+
+    samples = load_samples(str(synth_data / "captions.csv"))
+    attach_scene_statements(samples, synth_data)
+    texts = [t for sample in samples for t in sample.captions + sample.meta["statements"]]
     labels = load(tmp_path / "run" / "model").config.phrase_labels
-    assert labels and labels == build_vocabulary(captions, 64)  # the training captions' most frequent
+    assert labels and labels == build_vocabulary(texts, 64)  # the most frequent of captions and scene statements
+    off = train(load_config("clip-tiny-hardneg", overrides + ["train.steps=1", "data.scene_phrases=false"]),
+                data=synth_data / "captions.csv", out=tmp_path / "off", progress=False)
+    captions = [c for sample in samples for c in sample.captions]
+    assert load(off.model_dir).config.phrase_labels == build_vocabulary(captions, 64)  # captions only
 
 
 def test_phrase_labels_need_a_contrastive_model_and_captions_with_phrases(synth_data, tiny_overrides, tmp_path):

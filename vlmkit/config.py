@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
         "crop_scale": [0.8, 1.0],
         "hard_negatives": 0,  # rewritten captions per sample added to the contrastive loss (NegCLIP); 0 = off
         "phrase_labels": 0,  # phrase pre-training: the vocabulary's size (most frequent caption phrases); 0 = off
+        "scene_phrases": True,  # with phrase_labels on built-in scenes: the image learns all its metadata states
         "max_pixels": 89_478_485,
     },
     "train": {

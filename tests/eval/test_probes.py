@@ -30,7 +30,7 @@ def suite(heldout_data: Path) -> ProbeSuite:
 
 def _claims(scene, caption: str) -> bool:
     """Whether a generated caption is true of the scene, read back from the metadata alone."""
-    from vlmkit.data.probes import RELATION_WORDS
+    from vlmkit.data.scenes import RELATION_WORDS
     from vlmkit.data.scenes import NUMBER_WORDS, PLURALS
 
     singular = {plural: shape for shape, plural in PLURALS.items()}

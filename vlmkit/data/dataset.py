@@ -45,7 +45,8 @@ class ImageTextDataset(Dataset):
         hard_negatives: this many rewritten captions per item (``negatives``; NegCLIP-style, see
             :mod:`vlmkit.data.hard_negatives`), drawn from the item's own RNG.
         phrase_vocabulary: phrase labels (:mod:`vlmkit.data.phrases`); when given, each item has multi-hot
-            ``phrase_targets`` (the labels of all the sample's captions: what its image shows) and
+            ``phrase_targets`` (the labels of all the sample's captions and of its ``meta["statements"]``: what its
+            image shows) and
             ``caption_phrase_targets`` (those of the chosen caption), float32 [len(phrase_vocabulary)].
     """
 
@@ -135,7 +136,8 @@ class ImageTextDataset(Dataset):
 
             item["negatives"] = hard_negatives(caption, self.hard_negatives, random.Random(rng.getrandbits(64)))
         if self.phrase_index:
-            item["phrase_targets"] = self._phrase_targets([text for text, _ in valid])
+            statements = sample.meta.get("statements", []) if sample.meta else []  # a built-in scene's metadata
+            item["phrase_targets"] = self._phrase_targets([text for text, _ in valid] + list(statements))
             item["caption_phrase_targets"] = self._phrase_targets([caption])
         return item
 

@@ -7,6 +7,10 @@ can learn.
 - every spatial relation between two such phrases gives each its role: "a red circle to the left of a blue
   square" -> ``red circle | left of``, ``blue square | right of``.
 
+An image's labels are those of all its captions; for the built-in scenes (a folder with ``metadata.jsonl``) also
+those of :func:`scene_statements`, everything the scene's metadata says (every object, every relation), since two
+captions per image name few of its relations.
+
 A bag of words cannot tell "a red circle and a blue square" from "a blue circle and a red square"; these labels
 can. Contrastive training from scratch settles on bags of words (the compositional probes stay at chance, see
 benchmarks/README.md); a short pre-training of each tower on its phrase labels breaks that. The grammar
@@ -14,10 +18,15 @@ benchmarks/README.md); a short pre-training of each tower on its phrase labels b
 """
 from __future__ import annotations
 
+import json
+import os
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 from vlmkit.data.hard_negatives import COLORS, SIZES, _phrases, _relation_neighbours, _tokens, singularize
+from vlmkit.data.scenes import RELATION_WORDS, article
 
 
 MODIFIERS = {"colored", "coloured", "shaped"}  # "a red colored square": the noun comes after
@@ -65,3 +74,41 @@ def build_vocabulary(captions: Iterable[str], max_labels: int, min_count: int = 
     counts = Counter(label for caption in captions for label in phrase_labels(caption))
     ranked = sorted((label for label, n in counts.items() if n >= min_count), key=lambda label: (-counts[label], label))
     return ranked[:max_labels]
+
+
+def scene_statements(record: dict[str, Any]) -> list[str]:
+    """Everything a built-in scene's metadata record says, as sentences of the captions' grammar: each object
+    ("a small red circle") and each relation between objects of different classes ("a red circle to the left of
+    a blue square")."""
+    def phrase(obj: dict[str, Any], sized: bool = False) -> str:
+        words = f"{obj['size']} {obj['color']} {obj['shape']}" if sized else f"{obj['color']} {obj['shape']}"
+        return f"{article(words)} {words}"
+    objects = record["objects"]
+    statements = [phrase(obj, sized=True) for obj in objects]
+    for relation in record.get("relations", []):
+        subject, obj = objects[relation["subject"]], objects[relation["object"]]
+        if (subject["color"], subject["shape"]) != (obj["color"], obj["shape"]):
+            statements.append(f"{phrase(subject)} {RELATION_WORDS[relation['relation']]} {phrase(obj)}")
+    return statements
+
+
+def attach_scene_statements(samples: list[Any], data: str | Path) -> int:
+    """When ``data`` is a built-in scene folder (or a manifest inside one) with ``metadata.jsonl``, put each
+    sample's :func:`scene_statements` in ``sample.meta["statements"]`` (matched by image file). Returns how many
+    samples got them."""
+    folder = Path(data) if Path(data).is_dir() else Path(data).parent
+    path = folder / "metadata.jsonl"
+    if not path.is_file():
+        return 0
+    by_image = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            by_image[os.path.realpath(folder / "images" / f"{record['key']}.png")] = record
+    attached = 0
+    for sample in samples:
+        record = by_image.get(os.path.realpath(sample.image.path)) if sample.image.offset is None else None
+        if record is not None:
+            sample.meta["statements"] = scene_statements(record)
+            attached += 1
+    return attached

@@ -15,9 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vlmkit.data.scenes import COLORS, NUMBER_WORDS, PLURALS, SHAPES, article
+from vlmkit.data.scenes import COLORS, NUMBER_WORDS, PLURALS, RELATION_WORDS, SHAPES, article
 
-RELATION_WORDS = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 # probe type -> (family, what the negative is); the order of the table

@@ -22,10 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from .scenes import CLASS_NAMES, PLURALS, article
+from .scenes import CLASS_NAMES, PLURALS, RELATION_WORDS, article
 
 ANSWERS_PER_QUESTION = 10
-RELATION_WORDS = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 WHERE = {"left of": "left", "right of": "right", "above": "above", "below": "below"}
 _STREAM = 2  # third word of the per-image seed: keeps this stream apart from the scene's ([seed, index])

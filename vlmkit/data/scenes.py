@@ -192,6 +192,9 @@ def render(objects: list[SceneObject], rng: np.random.Generator, image_size: int
     return image, boxes
 
 
+RELATION_WORDS = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
+
+
 def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 

@@ -100,7 +100,7 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
             raise ValueError(f"train.freeze: a {config['model']['architecture']} model has no freezable parts")
         model.set_freeze(tcfg["freeze"])
         config["model"] = {"architecture": model.architecture, **model.config_dict()}
-    phrase_vocabulary = prepare_phrase_vocabulary(config, model, samples)  # before the optimizer: new heads
+    phrase_vocabulary = prepare_phrase_vocabulary(config, model, samples, data)  # before the optimizer: new heads
     if tcfg["precision"] == "bf16":
         model.to(torch.bfloat16)
     model.to(runtime.device)

@@ -86,20 +86,26 @@ def load_initial_model(config: dict[str, Any]) -> Any:
     return model.float().train()
 
 
-def prepare_phrase_vocabulary(config: dict[str, Any], model: Any, samples: list[Any]) -> list[str]:
+def prepare_phrase_vocabulary(config: dict[str, Any], model: Any, samples: list[Any],
+                              data: str | Path | None = None) -> list[str]:
     """``data.phrase_labels`` = K: the phrase heads' vocabulary, the K most frequent phrase labels of the training
     captions (:mod:`vlmkit.data.phrases`), unless the model already has one (a resumed run, or ``train.init`` a
-    model pre-trained on phrases: its heads and labels are kept). Returns the vocabulary ([] when off)."""
+    model pre-trained on phrases: its heads and labels are kept). With ``data.scene_phrases`` and built-in scenes
+    in ``data``, the samples get their scenes' statements (the image's labels) first, counted too. Returns the
+    vocabulary ([] when off)."""
     wanted = int(config["data"].get("phrase_labels") or 0)
     if not wanted:
         return []
     if not hasattr(model, "set_phrase_labels"):
         raise ValueError("data.phrase_labels pre-trains a contrastive model's towers on caption phrases: use it with "
                          f"clip or siglip, not {config['model'].get('architecture')}")
-    if not model.config.phrase_labels:
-        from vlmkit.data.phrases import build_vocabulary
+    from vlmkit.data.phrases import attach_scene_statements, build_vocabulary
 
-        vocabulary = build_vocabulary((caption for sample in samples for caption in sample.captions), wanted)
+    if data is not None and config["data"].get("scene_phrases", True):
+        attach_scene_statements(samples, data)
+    if not model.config.phrase_labels:
+        texts = (text for sample in samples for text in [*sample.captions, *sample.meta.get("statements", [])])
+        vocabulary = build_vocabulary(texts, wanted)
         if not vocabulary:
             raise ValueError("data.phrase_labels: the training captions have no phrase with a colour or size word "
                              "(\"a red circle\"), so there is nothing to pre-train on; set data.phrase_labels=0")
