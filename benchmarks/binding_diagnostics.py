@@ -1,5 +1,5 @@
 """Where does a contrastive model lose attribute binding and spatial relations: the image side, the text side, or
-the objective? Three checks on two-object built-in scenes (distinct colours, distinct shapes), rendered here:
+the objective? Checks on two-object built-in scenes (distinct colours, distinct shapes), rendered here:
 
     PYTHONPATH=. .venv/bin/python benchmarks/binding_diagnostics.py --model runs/clip [--supervised-minutes 8
         [--supervised-positions sincos]] [--json]
@@ -15,6 +15,8 @@ the objective? Three checks on two-object built-in scenes (distinct colours, dis
    multi-object scenes; then the binding test and a left/right test with the head's logits - whether the
    architecture can learn binding and layout at all in that budget (``--supervised-positions sincos``: from
    sine-cosine position codes instead of the model's own).
+4. ``heads`` (a model trained with phrase pre-training, ``data.phrase_labels``): the same binding test, relation
+   roles and left/right read by each tower's own phrase head - did the towers learn their labels?
 
 ``--tiny``: the tests' tiny model and a few scenes, to check the script in seconds.
 """
@@ -98,6 +100,40 @@ def linear_checks(model: Any, items: list[dict[str, Any]], folds: int = 5) -> di
     probe = LogisticRegression(C=10.0, max_iter=3000)
     return {"binding": float(cross_val_score(probe, features, binding, cv=folds).mean()),
             "left_of": float(cross_val_score(probe, features, left, cv=folds).mean())}
+
+
+@torch.no_grad()
+def head_checks(model: Any, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """A model with phrase heads (``data.phrase_labels``): does each tower's own head read what phrase pre-training
+    taught it? Text: "a red circle and a blue square" (its bound classes above the colour-swapped ones) and "a red
+    circle to the left of a blue square" (``red circle | left of`` + ``blue square | right of`` above the reverse);
+    image: the same bound classes, and which object is left of the other. Items whose labels are not in the
+    vocabulary are skipped (``counted``)."""
+    index = {label: k for k, label in enumerate(model.config.phrase_labels)}
+    sums: dict[str, list[int]] = {"text_binding": [], "text_roles": [], "image_binding": [], "image_left_right": []}
+
+    def better(logits: torch.Tensor, kind: str, true: tuple[str, str], false: tuple[str, str]) -> None:
+        if all(label in index for label in (*true, *false)):
+            sums[kind].append(int(logits[index[true[0]]] + logits[index[true[1]]]
+                                  > logits[index[false[0]]] + logits[index[false[1]]]))
+    for item in items:
+        one, two = f"{item['c1']} {item['s1']}", f"{item['c2']} {item['s2']}"
+        swapped = (f"{item['c2']} {item['s1']}", f"{item['c1']} {item['s2']}")
+        ids, mask = model.tokenize([f"{_article(one)} and {_article(two)}", f"{_article(one)} to the left of "
+                                    f"{_article(two)}"])
+        text = model.phrase_heads["text"](model.text(ids.to(model.device), mask.to(model.device))).float()
+        better(text[0], "text_binding", (one, two), swapped)
+        better(text[1], "text_roles", (f"{one} | left of", f"{two} | right of"),
+               (f"{two} | left of", f"{one} | right of"))
+        pixels = model.image_transform(item["image"])[None].to(model.device, model.dtype)
+        image = model.phrase_heads["image"](model.visual(pixels))[0].float()
+        better(image, "image_binding", (one, two), swapped)
+        left, right = (one, two) if item["left"] else (two, one)
+        better(image, "image_left_right", (f"{left} | left of", f"{right} | right of"),
+               (f"{right} | left of", f"{left} | right of"))
+    report: dict[str, Any] = {kind: sum(values) / len(values) for kind, values in sums.items() if values}
+    report["counted"] = {kind: len(values) for kind, values in sums.items()}
+    return report
 
 
 SIDES = ("left", "right", "top", "bottom")
@@ -210,6 +246,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report["linear"] = linear_checks(model, two_object_scenes(args.scenes, size, seed=12,
                                                               fixed=("red", "circle", "blue", "square")),
                                      folds=5 if args.scenes >= 50 else 2)
+    if getattr(model, "phrase_heads", None) is not None:
+        report["heads"] = head_checks(model, two_object_scenes(args.scenes, size, seed=14))
     if args.supervised_minutes > 0:
         report["supervised"] = supervised_check(model, args.supervised_minutes,
                                                 two_object_scenes(args.scenes, size, seed=13), size,

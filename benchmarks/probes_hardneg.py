@@ -55,7 +55,17 @@ def evaluate(model: Any, heldout_dir: Path, seed: int) -> dict[str, Any]:
             "mean_probe_accuracy": round(probes.metrics.get("mean_accuracy", float("nan")), 4),
             "zeroshot_acc1": round(zeroshot.metrics["acc1"], 4),
             "t2i_r1": round(retrieval["image_retrieval_recall@1"], 4),
-            "i2t_r1": round(retrieval["text_retrieval_recall@1"], 4)}
+            "i2t_r1": round(retrieval["text_retrieval_recall@1"], 4),
+            **({"phrase_heads": phrase_heads(model)} if getattr(model, "phrase_heads", None) is not None else {})}
+
+
+def phrase_heads(model: Any, scenes: int = 300) -> dict[str, Any]:
+    """What each tower's own phrase head reads (binding_diagnostics.head_checks) on fresh two-object scenes."""
+    from binding_diagnostics import head_checks, two_object_scenes
+
+    size = int(model.config.vision.image_size)
+    return {k: round(v, 4) if isinstance(v, float) else v
+            for k, v in head_checks(model, two_object_scenes(scenes, size, seed=14)).items()}
 
 
 def table(report: dict[str, Any]) -> str:

@@ -76,3 +76,23 @@ def test_two_object_scenes_are_what_the_checks_assume():
         ("red", "circle", "blue", "square"), ("blue", "circle", "red", "square")]
     free = binding_diagnostics.two_object_scenes(20, 32, seed=1)
     assert all(s["c1"] != s["c2"] and s["s1"] != s["s2"] and s["image"].size == (32, 32) for s in free)
+
+
+def test_head_checks_read_each_towers_phrase_head_and_skip_labels_it_lacks(tmp_path):
+    import binding_diagnostics
+    from http_latency import TINY_MODEL, build_random_model
+    from vlmkit.data.scenes import CLASS_NAMES
+    from vlmkit.models.hub import load
+
+    texts = [f"a {name} to the left of a {name}" for name in CLASS_NAMES]
+    model = load(build_random_model(tmp_path / "model", texts, TINY_MODEL)).eval()
+    items = binding_diagnostics.two_object_scenes(6, int(model.config.vision.image_size), seed=3)
+    roles = [f"{name} | {side}" for name in CLASS_NAMES for side in ("left of", "right of")]
+    model.set_phrase_labels(list(CLASS_NAMES) + roles)
+    report = binding_diagnostics.head_checks(model, items)
+    kinds = ("text_binding", "text_roles", "image_binding", "image_left_right")
+    assert report["counted"] == dict.fromkeys(kinds, 6) and all(0.0 <= report[kind] <= 1.0 for kind in kinds)
+    model.set_phrase_labels(list(CLASS_NAMES))  # no role labels: the role checks have nothing to count
+    classes_only = binding_diagnostics.head_checks(model, items)
+    assert classes_only["counted"]["text_roles"] == classes_only["counted"]["image_left_right"] == 0
+    assert "text_roles" not in classes_only and classes_only["counted"]["text_binding"] == 6
