@@ -188,7 +188,7 @@ def test_items_carry_the_images_and_the_captions_phrase_targets(synth_data):
     assert "phrase_targets" not in ImageTextDataset([sample], ImageTransform(32))[0]
 
 
-def test_a_scene_states_every_object_and_relation_and_its_image_learns_them(synth_data):
+def test_a_scene_states_every_object_and_relation_and_its_image_learns_them(synth_data, tmp_path):
     from vlmkit.data import ImageTextDataset, ImageTransform, load_samples
     from vlmkit.data.phrases import attach_scene_statements, scene_statements
 
@@ -216,7 +216,14 @@ def test_a_scene_states_every_object_and_relation_and_its_image_learns_them(synt
     item = ImageTextDataset([sample], ImageTransform(32), phrase_vocabulary=vocabulary)[0]
     assert {vocabulary[i] for i in item["phrase_targets"].nonzero().flatten().tolist()} == said | stated
     assert stated - said  # the metadata says more than the two captions
-    assert attach_scene_statements(load_samples(str(synth_data / "captions.csv")), synth_data / "images") == 0
+    shards = load_samples(str(synth_data / "shards"))  # tar members, matched by key; metadata one folder up
+    assert attach_scene_statements(shards, synth_data / "shards") == len(shards)
+    by_key = {s.key: s for s in shards}
+    assert by_key[Path(sample.image.path).stem].meta["statements"] == sample.meta["statements"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "captions.csv").write_text(f"image,caption\n{sample.image.path},a red circle\n")
+    assert attach_scene_statements(load_samples(str(elsewhere / "captions.csv")), elsewhere / "captions.csv") == 0
 
 
 def test_training_warms_up_on_phrases_then_adds_the_contrastive_loss(synth_data, tiny_overrides, tmp_path):

@@ -93,21 +93,27 @@ def scene_statements(record: dict[str, Any]) -> list[str]:
 
 
 def attach_scene_statements(samples: list[Any], data: str | Path) -> int:
-    """When ``data`` is a built-in scene folder (or a manifest inside one) with ``metadata.jsonl``, put each
-    sample's :func:`scene_statements` in ``sample.meta["statements"]`` (matched by image file). Returns how many
+    """When ``data`` is a built-in scene folder, or a manifest, COCO file or shard folder inside one (its
+    ``metadata.jsonl`` next to it or one folder up), put each sample's :func:`scene_statements` in
+    ``sample.meta["statements"]``: matched by image file, or for shards by the sample's key. Returns how many
     samples got them."""
-    folder = Path(data) if Path(data).is_dir() else Path(data).parent
-    path = folder / "metadata.jsonl"
-    if not path.is_file():
+    start = Path(data) if Path(data).is_dir() else Path(data).parent
+    folder = next((f for f in (start, start.parent) if (f / "metadata.jsonl").is_file()), None)
+    if folder is None:
         return 0
-    by_image = {}
-    for line in path.read_text().splitlines():
+    by_image, by_key = {}, {}
+    for line in (folder / "metadata.jsonl").read_text().splitlines():
         if line.strip():
             record = json.loads(line)
             by_image[os.path.realpath(folder / "images" / f"{record['key']}.png")] = record
+            by_key[str(record["key"])] = record
     attached = 0
     for sample in samples:
-        record = by_image.get(os.path.realpath(sample.image.path)) if sample.image.offset is None else None
+        if sample.image.offset is None:
+            record = by_image.get(os.path.realpath(sample.image.path))
+        else:  # inside a tar shard of that folder
+            inside = os.path.realpath(sample.image.path).startswith(os.path.realpath(folder) + os.sep)
+            record = by_key.get(str(sample.key)) if inside else None
         if record is not None:
             sample.meta["statements"] = scene_statements(record)
             attached += 1
