@@ -96,6 +96,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "finished warm start in --workdir is reused: delete runs/warm-start to retrain it)")
     parser.add_argument("--warm-single-fraction", type=float, default=0.8,
                         help="single-object share of the warm-start scenes (the demo's 0.8: shapes learned fast)")
+    parser.add_argument("--warm-positions", choices=("random", "sincos"), default="sincos",
+                        help="the warm start's vision position embeddings at init (both runs inherit them): 2-D "
+                             "sine-cosine codes (default; clip-tiny-hardneg's), with which a tower can learn left "
+                             "from right, or clip-tiny's random ones, with which it did not")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="what --minutes counts: elapsed time, or each run's own CPU time (load-independent)")
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
@@ -122,9 +126,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.eval_only or (runs / "warm-start" / "summary.json").exists():  # a finished warm start is reused
             warm = trained_run(runs / "warm-start")
         else:
-            (warm,) = train_all(["clip-tiny"], warm_dir, runs, args.warm_start, args.overrides, args.sequential,
-                                run_names=["warm-start"])
-        warm.update(minutes=args.warm_start, single_fraction=args.warm_single_fraction)
+            (warm,) = train_all(["clip-tiny"], warm_dir, runs, args.warm_start,
+                                args.overrides + [f"model.vision.position_init={args.warm_positions}"],
+                                args.sequential, run_names=["warm-start"])
+        warm.update(minutes=args.warm_start, single_fraction=args.warm_single_fraction,
+                    positions=args.warm_positions)
         args.overrides = args.overrides + [f"train.init={runs / 'warm-start' / 'model'}"]
     if args.eval_only:
         training = [trained_run(runs / model) for model in MODELS]

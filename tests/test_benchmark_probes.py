@@ -37,6 +37,9 @@ def test_probes_benchmark_warm_start_fine_tunes_both_from_one_plain_run(tmp_path
     warm = str(tmp_path / "runs" / "warm-start" / "model")
     for model in ("clip-tiny", "clip-tiny-hardneg"):  # both arms start from the warm run (train.init)
         assert warm in (tmp_path / "runs" / model / "config.yaml").read_text()
+    assert report["warm_start"]["positions"] == "sincos"
+    assert "position_init: sincos" in (tmp_path / "runs" / "warm-start" / "config.yaml").read_text()
+    assert "phrase_heads" in report["results"]["clip-tiny-hardneg"]  # the recipe pre-trains on phrases
 
 
 def test_binding_diagnostics_run_every_check_on_a_tiny_model(tmp_path):
