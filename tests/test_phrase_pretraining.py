@@ -158,6 +158,51 @@ def test_accumulation_with_phrase_targets_equals_the_whole_batch(tiny_overrides)
         assert torch.allclose(full[name], accumulated[name], atol=1e-6, rtol=1e-4), name
 
 
+def _with_negatives(batch: dict, labels: int, counts: list[int]) -> dict:
+    generator = torch.Generator().manual_seed(2)
+    total = sum(counts)
+    return {**batch, "negative_ids": torch.randint(1, 50, (total, 24), generator=generator),
+            "negative_mask": torch.ones(total, 24, dtype=torch.bool), "negative_counts": torch.tensor(counts),
+            "negative_phrase_targets": (torch.rand(total, labels, generator=generator) < 0.3).float()}
+
+
+def test_the_text_head_also_learns_each_hard_negatives_own_labels(tiny_overrides):
+    model = _model_with_heads(tiny_overrides, ["red circle", "blue square", "red circle | left of"])
+    batch = _with_negatives(_batch(3), 3, [2, 1, 0, 3, 1, 1, 2, 2])
+    args = (batch["images"], batch["input_ids"], batch["attention_mask"], batch["negative_ids"],
+            batch["negative_mask"], batch["phrase_targets"], batch["caption_phrase_targets"],
+            batch["negative_phrase_targets"])
+    model.loss_weights = {"contrastive": 1.0, "phrase": 1.0}
+    features = model(*args)
+    negative_logits = model.phrase_heads["text"](model.text(batch["negative_ids"], batch["negative_mask"]))
+    torch.testing.assert_close(features["phrase_negative_logits"], negative_logits)
+    torch.testing.assert_close(features["negative_text_embeddings"],
+                               model.text_features(batch["negative_ids"], batch["negative_mask"]))
+    F = torch.nn.functional
+    text = F.binary_cross_entropy_with_logits(torch.cat([features["phrase_text_logits"], negative_logits]),
+                                              torch.cat([batch["caption_phrase_targets"],
+                                                         batch["negative_phrase_targets"]]))
+    image = F.binary_cross_entropy_with_logits(features["phrase_image_logits"], batch["phrase_targets"])
+    torch.testing.assert_close(model.loss_from_features(features)["phrase_loss"], image + text)
+    model.loss_weights = {"contrastive": 0.0, "phrase": 1.0}  # the warm-up: the pairs, not the embeddings
+    warm = model(*args)
+    assert "phrase_negative_logits" in warm and "negative_text_embeddings" not in warm
+    torch.testing.assert_close(model.loss_from_features(warm)["loss"], image + text)
+
+
+def test_accumulation_with_negative_targets_equals_the_whole_batch(tiny_overrides):
+    model = _model_with_heads(tiny_overrides, ["red circle", "blue square", "green star", "blue square | above"])
+    model.loss_weights = {"contrastive": 1.0, "phrase": 5.0}
+    batch = _with_negatives(_batch(4), 4, [0, 0, 2, 1, 3, 1, 0, 2])  # the first micro-batch has none
+    full = _gradients(model, batch, accum=1)
+    accumulated = _gradients(model, batch, accum=4)
+    for name in full:  # float noise only: ~1e-6 of each gradient's scale
+        scale = float(full[name].abs().max())
+        assert torch.allclose(full[name], accumulated[name], atol=1e-5 * scale, rtol=1e-4), name
+    without = _gradients(model, {k: v for k, v in batch.items() if k != "negative_phrase_targets"}, accum=1)
+    assert not torch.allclose(without["phrase_heads.text.weight"], full["phrase_heads.text.weight"])
+
+
 def test_heads_and_labels_are_saved_with_the_model(tiny_overrides, tmp_path):
     from vlmkit.models.hub import load
 
@@ -186,6 +231,20 @@ def test_items_carry_the_images_and_the_captions_phrase_targets(synth_data):
     batch = Collator()([dataset[0], dataset[1]])
     assert batch["phrase_targets"].shape == (2, 4) and batch["caption_phrase_targets"].shape == (2, 4)
     assert "phrase_targets" not in ImageTextDataset([sample], ImageTransform(32))[0]
+    paired = ImageTextDataset([sample] * 3, ImageTransform(32), phrase_vocabulary=vocabulary, hard_negatives=2)
+    items = [paired[index] for index in range(3)]
+    for item in items:  # each negative's own labels: "a blue circle and a red square" has none of these
+        expected = [[float(label in phrase_labels(text)) for label in vocabulary] for text in item["negatives"]]
+        assert item["negative_phrase_targets"].tolist() == expected
+    from vlmkit.data import train_bpe
+
+    batch = Collator(train_bpe(captions * 3, vocab_size=300, min_frequency=1), 24)(items)
+    assert batch["negative_phrase_targets"].shape == (len(batch["negative_ids"]), 4)
+    assert batch["negative_phrase_targets"].tolist() == [row for item in items
+                                                        for row in item["negative_phrase_targets"].tolist()]
+    unpaired = ImageTextDataset([sample], ImageTransform(32), phrase_vocabulary=vocabulary, hard_negatives=2,
+                                phrase_negatives=False)[0]
+    assert "negatives" in unpaired and "negative_phrase_targets" not in unpaired
 
 
 def test_a_scene_states_every_object_and_relation_and_its_image_learns_them(synth_data, tmp_path):

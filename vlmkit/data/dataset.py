@@ -47,7 +47,9 @@ class ImageTextDataset(Dataset):
         phrase_vocabulary: phrase labels (:mod:`vlmkit.data.phrases`); when given, each item has multi-hot
             ``phrase_targets`` (the labels of all the sample's captions and of its ``meta["statements"]``: what its
             image shows) and
-            ``caption_phrase_targets`` (those of the chosen caption), float32 [len(phrase_vocabulary)].
+            ``caption_phrase_targets`` (those of the chosen caption), float32 [len(phrase_vocabulary)]; with hard
+            negatives and ``phrase_negatives``, also ``negative_phrase_targets`` [len(negatives), K], each
+            negative's own labels.
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class ImageTextDataset(Dataset):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         hard_negatives: int = 0,
         phrase_vocabulary: list[str] | None = None,
+        phrase_negatives: bool = True,
     ) -> None:
         if on_bad_sample not in ON_BAD_SAMPLE:
             raise ValueError(f"on_bad_sample must be one of {ON_BAD_SAMPLE}, got {on_bad_sample!r}")
@@ -70,6 +73,7 @@ class ImageTextDataset(Dataset):
         self.max_pixels = max_pixels
         self.hard_negatives = int(hard_negatives)
         self.phrase_index = {label: i for i, label in enumerate(phrase_vocabulary or [])}
+        self.phrase_negatives = bool(phrase_negatives)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -139,6 +143,9 @@ class ImageTextDataset(Dataset):
             statements = sample.meta.get("statements", []) if sample.meta else []  # a built-in scene's metadata
             item["phrase_targets"] = self._phrase_targets([text for text, _ in valid] + list(statements))
             item["caption_phrase_targets"] = self._phrase_targets([caption])
+            if self.phrase_negatives and "negatives" in item:  # minimal pairs: same words, other labels
+                rows = [self._phrase_targets([text]) for text in item["negatives"]]
+                item["negative_phrase_targets"] = torch.stack(rows) if rows else torch.zeros(0, len(self.phrase_index))
         return item
 
     def __getitem__(self, index: int) -> dict:
@@ -163,7 +170,8 @@ def collate_image_text(
         ``images`` float32 [B, 3, S, S], ``input_ids`` int64 [B, L] and ``attention_mask``
         bool [B, L] (only with a tokenizer), ``captions``, ``labels``, ``keys`` (lists of B),
         ``indices`` int64 [B], ``bad`` [(key, reason)], ``converted`` [(key, note)]; with phrase targets in the
-        items, ``phrase_targets`` and ``caption_phrase_targets`` float32 [B, K].
+        items, ``phrase_targets`` and ``caption_phrase_targets`` float32 [B, K] (and ``negative_phrase_targets``
+        [N, K], one row per hard negative).
         When every item is bad, ``images`` is None (B = 0, S unknown): the caller skips the
         batch, after recording ``bad`` in its BadSampleReport.
     """
@@ -183,6 +191,10 @@ def collate_image_text(
     if good and "phrase_targets" in good[0]:
         batch["phrase_targets"] = torch.stack([item["phrase_targets"] for item in good])
         batch["caption_phrase_targets"] = torch.stack([item["caption_phrase_targets"] for item in good])
+        if any("negative_phrase_targets" in item for item in good):  # in the order of negative_ids
+            width = batch["phrase_targets"].shape[1]
+            batch["negative_phrase_targets"] = torch.cat([item.get("negative_phrase_targets", torch.zeros(0, width))
+                                                          for item in good])
     if tokenizer is not None:
         batch["input_ids"], batch["attention_mask"] = tokenizer.encode(
             batch["captions"], context_length

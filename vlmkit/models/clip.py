@@ -252,12 +252,15 @@ class ContrastiveModel(ContrastiveScoring, nn.Module, PretrainedMixin):
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 negative_ids: torch.Tensor | None = None,
                 negative_mask: torch.Tensor | None = None, phrase_targets: torch.Tensor | None = None,
-                caption_phrase_targets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                caption_phrase_targets: torch.Tensor | None = None,
+                negative_phrase_targets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Training forward: normalised ``image_embeddings`` and ``text_embeddings`` [B, D], and with hard
         negatives (``negative_ids`` [N, L]) their ``negative_text_embeddings`` [N, D]. With phrase heads and
         targets (multi-hot [B, K] of the image's and of the caption's phrase labels), the heads' logits
-        ``phrase_image_logits`` / ``phrase_text_logits`` and the targets themselves, for the loss (during a phrase
-        warm-up, ``loss_weights["contrastive"] == 0``, without the hard negatives' embeddings: nothing uses them)."""
+        ``phrase_image_logits`` / ``phrase_text_logits`` and the targets themselves, for the loss; with
+        ``negative_phrase_targets`` [N, K] (each hard negative's own labels), ``phrase_negative_logits`` too.
+        During a phrase warm-up (``loss_weights["contrastive"] == 0``) the hard negatives' embeddings are left out:
+        nothing uses them."""
         pooled_image = self.visual(images)
         pooled_text = self._text_pooled(input_ids, attention_mask)
         features = {"image_embeddings": F.normalize(self.visual_projection(pooled_image), dim=-1),
@@ -266,8 +269,22 @@ class ContrastiveModel(ContrastiveScoring, nn.Module, PretrainedMixin):
             features.update(phrase_image_logits=self.phrase_heads["image"](pooled_image),
                             phrase_text_logits=self.phrase_heads["text"](pooled_text),
                             phrase_targets=phrase_targets, caption_phrase_targets=caption_phrase_targets)
-        warming_up = "phrase_image_logits" in features and self.loss_weights["contrastive"] == 0
-        if negative_ids is not None and not warming_up:  # a phrase warm-up does not pay for the hard negatives
+        phrases = "phrase_image_logits" in features
+        warming_up = phrases and self.loss_weights["contrastive"] == 0
+        if phrases and negative_phrase_targets is not None and negative_ids is not None:
+            # minimal pairs: the text head also learns each hard negative's own labels
+            head = self.phrase_heads["text"]
+            if len(negative_ids):
+                pooled_negatives = self._text_pooled(negative_ids, negative_mask)
+                logits = head(pooled_negatives)
+                embeddings = F.normalize(self.text_projection(pooled_negatives), dim=-1)
+            else:  # none in this (micro-)batch: still [0, K] and [0, D] tensors
+                logits = head(torch.zeros(0, head.in_features, device=negative_ids.device, dtype=head.weight.dtype))
+                embeddings = self.text_features(negative_ids, negative_mask)
+            features.update(phrase_negative_logits=logits, negative_phrase_targets=negative_phrase_targets)
+            if not warming_up:
+                features["negative_text_embeddings"] = embeddings
+        elif negative_ids is not None and not warming_up:  # a warm-up without pairs does not encode the negatives
             features["negative_text_embeddings"] = self.text_features(negative_ids, negative_mask)
         return features
 
@@ -278,7 +295,8 @@ class ContrastiveModel(ContrastiveScoring, nn.Module, PretrainedMixin):
         ``temperature_grad=False`` detaches the temperature and bias (used by gradient accumulation so that
         they receive their gradient once per step, not once per micro-batch). With phrase logits in
         ``features``, the loss is ``loss_weights["contrastive"]`` x the contrastive loss + ``loss_weights["phrase"]``
-        x the phrase loss (binary cross-entropy of each tower's head against its targets, the two summed).
+        x the phrase loss (binary cross-entropy of each tower's head against its targets, the two summed; the
+        text's over the captions and their hard negatives together).
         """
         scale = self.logit_scale if temperature_grad else self.logit_scale.detach()
         image, text = features["image_embeddings"], features["text_embeddings"]
@@ -290,10 +308,13 @@ class ContrastiveModel(ContrastiveScoring, nn.Module, PretrainedMixin):
             loss = losses.sigmoid_loss(image, text, scale, bias, negatives)
         out = {"loss": loss, "logit_scale": self.logit_scale.detach().exp()}
         if "phrase_image_logits" in features:
+            text_logits, text_targets = features["phrase_text_logits"], features["caption_phrase_targets"]
+            if "phrase_negative_logits" in features:  # the captions and their negatives, one text term
+                text_logits = torch.cat([text_logits, features["phrase_negative_logits"]])
+                text_targets = torch.cat([text_targets, features["negative_phrase_targets"]])
             phrase = (F.binary_cross_entropy_with_logits(features["phrase_image_logits"].float(),
                                                          features["phrase_targets"].float())
-                      + F.binary_cross_entropy_with_logits(features["phrase_text_logits"].float(),
-                                                           features["caption_phrase_targets"].float()))
+                      + F.binary_cross_entropy_with_logits(text_logits.float(), text_targets.float()))
             out.update(contrastive_loss=loss.detach(), phrase_loss=phrase.detach(),
                        loss=self.loss_weights["contrastive"] * loss + self.loss_weights["phrase"] * phrase)
         if self.logit_bias is not None:
@@ -308,7 +329,8 @@ class ContrastiveModel(ContrastiveScoring, nn.Module, PretrainedMixin):
 
         features = self(batch["images"].to(self.device, self.dtype), on_device("input_ids"),
                         on_device("attention_mask"), on_device("negative_ids"), on_device("negative_mask"),
-                        on_device("phrase_targets"), on_device("caption_phrase_targets"))
+                        on_device("phrase_targets"), on_device("caption_phrase_targets"),
+                        on_device("negative_phrase_targets"))
         return self.loss_from_features(features)
 
     @torch.no_grad()

@@ -15,6 +15,7 @@ from vlmkit.train.setup import autocast
 
 
 PER_SAMPLE_EXTRAS = ("phrase_targets", "caption_phrase_targets")
+PER_NEGATIVE_EXTRAS = ("negative_phrase_targets",)  # one row per hard negative, split as the negatives are
 
 
 def optimizer_step(trained: torch.nn.Module, model: Any, optimizer: torch.optim.Optimizer, batch: dict[str, Any],
@@ -46,9 +47,10 @@ def _contrastive_backward(trained: torch.nn.Module, model: Any, batch: dict[str,
         else []
     # per-sample tensors passed by name (phrase pre-training's multi-hot targets), split with their samples
     extras = {key: batch[key].to(device) for key in PER_SAMPLE_EXTRAS if key in batch}
+    negative_extras = {key: batch[key].to(device) for key in PER_NEGATIVE_EXTRAS if key in batch and negatives}
     if accum == 1 or len(images) < accum:
         with autocast(precision, device):
-            outputs = model.loss_from_features(trained(images, *texts, *negatives, **extras))
+            outputs = model.loss_from_features(trained(images, *texts, *negatives, **extras, **negative_extras))
         outputs["loss"].backward()
     else:
         image_chunks = images.chunk(accum)
@@ -57,13 +59,18 @@ def _contrastive_backward(trained: torch.nn.Module, model: Any, batch: dict[str,
         for tensor in texts:
             for chunk, part in zip(chunks, tensor.split(sizes)):
                 chunk.append(part)
-        if negatives:  # a sample's hard negatives travel in its micro-batch
+        named: list[dict[str, torch.Tensor]] = [{} for _ in chunks]
+        for key, tensor in extras.items():
+            for kw, part in zip(named, tensor.split(sizes)):
+                kw[key] = part
+        if negatives:  # a sample's hard negatives (and their targets) travel in its micro-batch
             counts = [int(part.sum()) for part in batch["negative_counts"].split(sizes)]
             for tensor in negatives:
                 for chunk, part in zip(chunks, tensor.split(counts)):
                     chunk.append(part)
-        named = [{key: part for key, part in zip(extras, parts)}
-                 for parts in zip(*(tensor.split(sizes) for tensor in extras.values()))] or [{} for _ in chunks]
+            for key, tensor in negative_extras.items():
+                for kw, part in zip(named, tensor.split(counts)):
+                    kw[key] = part
         with torch.no_grad(), autocast(precision, device):
             cached = [trained(*chunk, **kw) for chunk, kw in zip(chunks, named)]
         for index, chunk in enumerate(chunks):
