@@ -42,8 +42,8 @@ def test_existing_run_needs_resume(tiny_run, synth_data, tiny_overrides):
               progress=False)
 
 
-def _train_command(data, out, overrides, *extra):
-    command = vlmkit_command() + ["train", "--recipe", "clip-tiny", "--data", str(data), "--out", str(out),
+def _train_command(data, out, overrides, *extra, recipe="clip-tiny"):
+    command = vlmkit_command() + ["train", "--recipe", recipe, "--data", str(data), "--out", str(out),
                                  "--no-progress"]
     for item in overrides:
         command += ["--set", item]
@@ -217,6 +217,28 @@ def test_torchrun_two_processes_match_one_process(synth_data, tiny_overrides, tm
             mine[key] = theirs[key] = 0
         assert torch.allclose(mine, theirs, atol=1e-4), name
     assert not list((tmp_path / "ddp").glob("**/*.tmp*"))
+
+
+def test_torchrun_ranks_agree_on_a_time_budget_and_its_refit(synth_data, tiny_overrides, tmp_path):
+    """Each rank has its own CPU clock: the fitted steps and the moment the budget runs out must still be one
+    decision, or a rank waits forever in the other's all-reduce."""
+    overrides = tiny_overrides + ["train.steps=null", "train.minutes=0.2", "train.clock=cpu", "data.phrase_labels=32",
+                                  "train.phrase_warmup=0.5"]
+    command = _train_command(synth_data / "captions.csv", tmp_path / "ddp", overrides, recipe="clip-tiny-hardneg")
+    torchrun = [command[0], "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+                "--master_addr=127.0.0.1"] + command[1:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(torchrun, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    try:
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:  # a hang: never leave workers behind
+            _kill_tree(process.pid)
+            process.wait()
+    assert process.returncode == 0, stderr[-2000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert len(summary["schedule_fits"]) == 2 and summary["steps"] <= summary["total_steps"]
 
 
 def test_periodic_validation_logs_retrieval(synth_data, heldout_data, tiny_overrides, tmp_path):

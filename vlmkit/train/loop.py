@@ -161,7 +161,7 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
     wall_before, budget_start = float(state.get("wall_s", elapsed_before)), budget_clock()
     last_loss, validation = math.nan, {}
     # a time budget's schedule is fitted from CALIBRATION_STEPS timed steps (after two untimed ones), and fitted
-    # again when phrase pre-training's warm-up ends: its steps skip the contrastive side and cost less
+    # again when phrase pre-training's warm-up ends: its steps cost what the contrastive ones do not
     calibrate_at, calibration_start = (start_step + 2 if total_steps is None else None), 0.0
     phrase_phase = state.get("phrase_warmup_steps")
     if phrase_vocabulary and phrase_phase is None:
@@ -226,8 +226,10 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
                 bar.update(1)
 
             pause_start = time.perf_counter()
-            out_of_time = budget_s is not None and elapsed >= budget_s
-            finished = (total_steps is not None and step >= total_steps) or out_of_time or stop.requested
+            stopping = (budget_s is not None and elapsed >= budget_s) or stop.requested
+            if runtime.world_size > 1:  # each rank's clock and signals are its own: all stop at the same step
+                stopping = distributed.all_reduce_mean(float(stopping), runtime.device) > 0
+            finished = (total_steps is not None and step >= total_steps) or stopping
             if validator is not None and eval_every and step % eval_every == 0 and not finished:
                 validation = validator.run(step, run_dir)
             if (ckpt_every and step % ckpt_every == 0) or finished:
@@ -273,6 +275,7 @@ def _budget_clock(tcfg: dict[str, Any]) -> Any:
 def _fit_steps_to_budget(step: int, timed_steps: int, seconds: float, budget_left_s: float, runtime: Any) -> int:
     """Fit the schedule to what is left of the time budget from the timed steps (agreed across ranks)."""
     per_step = distributed.all_reduce_mean(seconds / timed_steps, runtime.device)
+    budget_left_s = distributed.all_reduce_mean(budget_left_s, runtime.device)  # every rank fits the same steps
     return max(step + 1, step + int(budget_left_s / max(per_step, 1e-9)))
 
 
