@@ -52,29 +52,6 @@ def _phrase_label(tokens: list[str], first: int, noun: int) -> tuple[list[str], 
     return labels, main or (labels[0] if labels else None)
 
 
-PLACE_WORDS = ("top", "bottom", "left", "right")
-FRAME_WORDS = {"image", "picture", "photo", "frame", "scene"}
-
-
-def _places_after(tokens: list[str], noun: int) -> list[str]:
-    """Where in the image the phrase ending at ``noun`` is said to be: "in the top left", "on the right", "near
-    the bottom of the image" -> its place words; "to the left of a square" is a relation, not a place."""
-    words = [t.lower() for t in tokens[noun + 1:] if t.strip()]
-    if words and words[0] in MODIFIERS:  # "a red colored square in the top left"
-        words = words[1:]
-    if len(words) < 3 or words[0] not in ("in", "on", "at", "near") or words[1] != "the":
-        return []
-    places = []
-    for word in words[2:4]:
-        if word not in PLACE_WORDS:
-            break
-        places.append(word)
-    rest = words[2 + len(places):]
-    if places and rest[:1] == ["of"] and not (len(rest) > 2 and rest[1] == "the" and rest[2] in FRAME_WORDS):
-        return []  # "on the left of a square": a relation to another object
-    return places
-
-
 def phrase_labels(caption: str) -> list[str]:
     """The caption's phrase labels, sorted and distinct (see the module docstring)."""
     tokens = _tokens(caption)
@@ -84,9 +61,6 @@ def phrase_labels(caption: str) -> list[str]:
     for phrase in phrases:
         labels, main[phrase] = _phrase_label(tokens, phrase[0], phrase[1])
         found.update(labels)
-    for phrase in phrases:
-        if main[phrase]:
-            found.update(f"{main[phrase]} | {place}" for place in _places_after(tokens, phrase[1]))
     for before, after, relation, opposite in _relation_neighbours(caption, tokens, phrases):
         subject, obj = main[before], main[after]
         if subject and obj and subject != obj:
@@ -102,23 +76,15 @@ def build_vocabulary(captions: Iterable[str], max_labels: int, min_count: int = 
     return ranked[:max_labels]
 
 
-def scene_statements(record: dict[str, Any], image_size: float | None = None) -> list[str]:
+def scene_statements(record: dict[str, Any]) -> list[str]:
     """Everything a built-in scene's metadata record says, as sentences of the captions' grammar: each object
-    ("a small red circle"; with ``image_size``, the side of its centre in pixels, where it is: "a red circle in
-    the top left", the captions' thresholds) and each relation between objects of different classes ("a red
-    circle to the left of a blue square")."""
+    ("a small red circle") and each relation between objects of different classes ("a red circle to the left of
+    a blue square")."""
     def phrase(obj: dict[str, Any], sized: bool = False) -> str:
         words = f"{obj['size']} {obj['color']} {obj['shape']}" if sized else f"{obj['color']} {obj['shape']}"
         return f"{article(words)} {words}"
     objects = record["objects"]
     statements = [phrase(obj, sized=True) for obj in objects]
-    if image_size:
-        for obj in objects:
-            x, y = (value / image_size for value in obj["center"])
-            place = " ".join(word for word, clear in (("top", y < 0.4), ("bottom", y > 0.6), ("left", x < 0.4),
-                                                      ("right", x > 0.6)) if clear)
-            if place:
-                statements.append(f"{phrase(obj)} in the {place}")
     for relation in record.get("relations", []):
         subject, obj = objects[relation["subject"]], objects[relation["object"]]
         if (subject["color"], subject["shape"]) != (obj["color"], obj["shape"]):
@@ -135,7 +101,6 @@ def attach_scene_statements(samples: list[Any], data: str | Path) -> int:
     folder = next((f for f in (start, start.parent) if (f / "metadata.jsonl").is_file()), None)
     if folder is None:
         return 0
-    size = _image_size(folder)
     by_image, by_key = {}, {}
     for line in (folder / "metadata.jsonl").read_text().splitlines():
         if line.strip():
@@ -150,22 +115,6 @@ def attach_scene_statements(samples: list[Any], data: str | Path) -> int:
             inside = os.path.realpath(sample.image.path).startswith(os.path.realpath(folder) + os.sep)
             record = by_key.get(str(sample.key)) if inside else None
         if record is not None:
-            sample.meta["statements"] = scene_statements(record, size)
+            sample.meta["statements"] = scene_statements(record)
             attached += 1
     return attached
-
-
-def _image_size(folder: Path) -> float | None:
-    """The side of a built-in scene folder's images: its summary.json says, or else its first image."""
-    summary = folder / "summary.json"
-    if summary.is_file():
-        size = json.loads(summary.read_text()).get("image_size")
-        if size:
-            return float(size)
-    first = next(iter(sorted((folder / "images").glob("*.png"))), None) if (folder / "images").is_dir() else None
-    if first is None:
-        return None
-    from PIL import Image
-
-    with Image.open(first) as image:
-        return float(image.width)
