@@ -231,7 +231,8 @@ def test_items_carry_the_images_and_the_captions_phrase_targets(synth_data):
     batch = Collator()([dataset[0], dataset[1]])
     assert batch["phrase_targets"].shape == (2, 4) and batch["caption_phrase_targets"].shape == (2, 4)
     assert "phrase_targets" not in ImageTextDataset([sample], ImageTransform(32))[0]
-    paired = ImageTextDataset([sample] * 3, ImageTransform(32), phrase_vocabulary=vocabulary, hard_negatives=2)
+    paired = ImageTextDataset([sample] * 3, ImageTransform(32), phrase_vocabulary=vocabulary, hard_negatives=2,
+                              phrase_negatives=True)
     items = [paired[index] for index in range(3)]
     for item in items:  # each negative's own labels: "a blue circle and a red square" has none of these
         expected = [[float(label in phrase_labels(text)) for label in vocabulary] for text in item["negatives"]]
@@ -242,8 +243,7 @@ def test_items_carry_the_images_and_the_captions_phrase_targets(synth_data):
     assert batch["negative_phrase_targets"].shape == (len(batch["negative_ids"]), 4)
     assert batch["negative_phrase_targets"].tolist() == [row for item in items
                                                         for row in item["negative_phrase_targets"].tolist()]
-    unpaired = ImageTextDataset([sample], ImageTransform(32), phrase_vocabulary=vocabulary, hard_negatives=2,
-                                phrase_negatives=False)[0]
+    unpaired = ImageTextDataset([sample], ImageTransform(32), phrase_vocabulary=vocabulary, hard_negatives=2)[0]
     assert "negatives" in unpaired and "negative_phrase_targets" not in unpaired
 
 

@@ -32,7 +32,7 @@ DEFAULTS: dict[str, Any] = {
         "hard_negatives": 0,  # rewritten captions per sample added to the contrastive loss (NegCLIP); 0 = off
         "phrase_labels": 0,  # phrase pre-training: the vocabulary's size (most frequent caption phrases); 0 = off
         "scene_phrases": True,  # with phrase_labels on built-in scenes: the image learns all its metadata states
-        "phrase_negatives": True,  # with phrase_labels and hard_negatives: the text head learns each negative's labels
+        "phrase_negatives": False,  # with phrase_labels and hard_negatives: the text head learns each negative's too
         "max_pixels": 89_478_485,
     },
     "train": {

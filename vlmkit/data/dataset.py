@@ -62,7 +62,7 @@ class ImageTextDataset(Dataset):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         hard_negatives: int = 0,
         phrase_vocabulary: list[str] | None = None,
-        phrase_negatives: bool = True,
+        phrase_negatives: bool = False,
     ) -> None:
         if on_bad_sample not in ON_BAD_SAMPLE:
             raise ValueError(f"on_bad_sample must be one of {ON_BAD_SAMPLE}, got {on_bad_sample!r}")

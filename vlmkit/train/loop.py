@@ -118,7 +118,7 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
     dataset = ImageTextDataset(samples, transform, seed=seed, on_bad_sample=dcfg["on_bad_sample"],
                                max_pixels=int(dcfg["max_pixels"]), hard_negatives=int(dcfg["hard_negatives"]),
                                phrase_vocabulary=phrase_vocabulary,
-                               phrase_negatives=bool(dcfg.get("phrase_negatives", True)))
+                               phrase_negatives=bool(dcfg.get("phrase_negatives", False)))
 
     state: dict[str, Any] = {"step": 0, "total_steps": tcfg["steps"], "elapsed_s": 0.0, "samples_seen": 0}
     if latest is not None:
