@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmkit.data.hard_negatives import COLORS, SIZES, _phrases, _relation_neighbours, _tokens, singularize
-from vlmkit.data.scenes import RELATION_WORDS, article
+from vlmkit.data.scenes import noun_phrase, relation_sentence
 
 
 MODIFIERS = {"colored", "coloured", "shaped"}  # "a red colored square": the noun comes after
@@ -80,15 +80,13 @@ def scene_statements(record: dict[str, Any]) -> list[str]:
     """Everything a built-in scene's metadata record says, as sentences of the captions' grammar: each object
     ("a small red circle") and each relation between objects of different classes ("a red circle to the left of
     a blue square")."""
-    def phrase(obj: dict[str, Any], sized: bool = False) -> str:
-        words = f"{obj['size']} {obj['color']} {obj['shape']}" if sized else f"{obj['color']} {obj['shape']}"
-        return f"{article(words)} {words}"
     objects = record["objects"]
-    statements = [phrase(obj, sized=True) for obj in objects]
+    statements = [noun_phrase(obj["color"], obj["shape"], obj["size"]) for obj in objects]
     for relation in record.get("relations", []):
         subject, obj = objects[relation["subject"]], objects[relation["object"]]
         if (subject["color"], subject["shape"]) != (obj["color"], obj["shape"]):
-            statements.append(f"{phrase(subject)} {RELATION_WORDS[relation['relation']]} {phrase(obj)}")
+            statements.append(relation_sentence(noun_phrase(subject["color"], subject["shape"]),
+                                                relation["relation"], noun_phrase(obj["color"], obj["shape"])))
     return statements
 
 

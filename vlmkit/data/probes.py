@@ -15,7 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vlmkit.data.scenes import COLORS, NUMBER_WORDS, PLURALS, RELATION_WORDS, SHAPES, article
+from vlmkit.data.scenes import COLORS, NUMBER_WORDS, PLURALS, SHAPES
+from vlmkit.data.scenes import noun_phrase as _np
+from vlmkit.data.scenes import relation_sentence as _relation
 
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
@@ -69,15 +71,6 @@ class ProbeSuite:
 
 
 # --- the built-in suite -----------------------------------------------------------------------------------------
-
-def _np(color: str, shape: str, size: str = "") -> str:
-    words = f"{size} {color} {shape}" if size else f"{color} {shape}"
-    return f"{article(words)} {words}"
-
-
-def _relation(subject: str, relation: str, obj: str) -> str:
-    return f"{subject} {RELATION_WORDS[relation]} {obj}"
-
 
 class _Scene:
     """A metadata.jsonl record with the lookups the negatives need."""

@@ -199,9 +199,19 @@ def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _phrase(obj: SceneObject, with_size: bool = False) -> str:
-    words = f"{obj.size} {obj.name}" if with_size else obj.name
+def noun_phrase(color: str, shape: str, size: str = "") -> str:
+    """ "a red circle", "a small red circle", "an orange star": an object as the captions name it."""
+    words = f"{size} {color} {shape}" if size else f"{color} {shape}"
     return f"{article(words)} {words}"
+
+
+def relation_sentence(subject: str, relation: str, obj: str) -> str:
+    """Two noun phrases in a relation of :data:`RELATION_WORDS` ("a red circle to the left of a blue square")."""
+    return f"{subject} {RELATION_WORDS[relation]} {obj}"
+
+
+def _phrase(obj: SceneObject, with_size: bool = False) -> str:
+    return noun_phrase(obj.color, obj.shape, obj.size if with_size else "")
 
 
 def _position(obj: SceneObject) -> str:
