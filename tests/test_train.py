@@ -185,23 +185,32 @@ def _kill_tree(pid: int) -> None:
             pass
 
 
-def test_torchrun_two_processes_match_one_process(synth_data, tiny_overrides, tmp_path):
-    overrides = tiny_overrides + ["train.steps=3", "train.grad_clip=0"]
-    data = synth_data / "captions.csv"
-    subprocess.run(_train_command(data, tmp_path / "single", overrides), check=True, capture_output=True)
-    command = _train_command(data, tmp_path / "ddp", overrides)
+def _torchrun(command, timeout):
+    """``command`` (a ``vlmkit train`` command line) on two CPU processes under torchrun: (return code, stderr).
+    The workers are killed when it runs past ``timeout`` (a hang), never left behind."""
     torchrun = [command[0], "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
                 "--master_addr=127.0.0.1"] + command[1:]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(torchrun, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                start_new_session=True)
+    stderr = ""
     try:
-        _, stderr = process.communicate(timeout=500)
+        _, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stderr = f"torchrun still running after {timeout} s (a rank waiting for another?)"
     finally:
-        if process.poll() is None:  # never leave workers behind
+        if process.poll() is None:
             _kill_tree(process.pid)
             process.wait()
-    assert process.returncode == 0, stderr[-2000:]
+    return process.returncode, stderr
+
+
+def test_torchrun_two_processes_match_one_process(synth_data, tiny_overrides, tmp_path):
+    overrides = tiny_overrides + ["train.steps=3", "train.grad_clip=0"]
+    data = synth_data / "captions.csv"
+    subprocess.run(_train_command(data, tmp_path / "single", overrides), check=True, capture_output=True)
+    returncode, stderr = _torchrun(_train_command(data, tmp_path / "ddp", overrides), timeout=500)
+    assert returncode == 0, stderr[-2000:]
     single = load_file(str(tmp_path / "single" / "model" / "model.safetensors"))
     ddp = load_file(str(tmp_path / "ddp" / "model" / "model.safetensors"))
     for name in single:
@@ -225,18 +234,8 @@ def test_torchrun_ranks_agree_on_a_time_budget_and_its_refit(synth_data, tiny_ov
     overrides = tiny_overrides + ["train.steps=null", "train.minutes=0.2", "train.clock=cpu", "data.phrase_labels=32",
                                   "train.phrase_warmup=0.5"]
     command = _train_command(synth_data / "captions.csv", tmp_path / "ddp", overrides, recipe="clip-tiny-hardneg")
-    torchrun = [command[0], "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-                "--master_addr=127.0.0.1"] + command[1:]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(torchrun, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                               start_new_session=True)
-    try:
-        _, stderr = process.communicate(timeout=300)
-    finally:
-        if process.poll() is None:  # a hang: never leave workers behind
-            _kill_tree(process.pid)
-            process.wait()
-    assert process.returncode == 0, stderr[-2000:]
+    returncode, stderr = _torchrun(command, timeout=300)  # a hang is killed at the timeout and fails here
+    assert returncode == 0, stderr[-2000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert len(summary["schedule_fits"]) == 2 and summary["steps"] <= summary["total_steps"]
 
