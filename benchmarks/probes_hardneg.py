@@ -100,6 +100,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="the warm start's vision position embeddings at init (both runs inherit them): 2-D "
                              "sine-cosine codes (default; clip-tiny-hardneg's), with which a tower can learn left "
                              "from right, or clip-tiny's random ones, with which it did not")
+    parser.add_argument("--warm-pool", choices=("mean", "moments"), default="moments",
+                        help="the warm start's vision pooling (both runs inherit it): the mean plus where each feature "
+                             "is (default; clip-tiny-hardneg's), which keeps the layout, or clip-tiny's plain mean, "
+                             "which pools a scene and its mirror image alike")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="what --minutes counts: elapsed time, or each run's own CPU time (load-independent)")
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
@@ -127,10 +131,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             warm = trained_run(runs / "warm-start")
         else:
             (warm,) = train_all(["clip-tiny"], warm_dir, runs, args.warm_start,
-                                args.overrides + [f"model.vision.position_init={args.warm_positions}"],
+                                args.overrides + [f"model.vision.position_init={args.warm_positions}",
+                                                  f"model.vision.pool={args.warm_pool}"],
                                 args.sequential, run_names=["warm-start"])
+        from vlmkit.config import load_config
+
+        vision = load_config(runs / "warm-start" / "config.yaml")["model"]["vision"]  # what was trained, if reused
         warm.update(minutes=args.warm_start, single_fraction=args.warm_single_fraction,
-                    positions=args.warm_positions)
+                    positions=vision.get("position_init", "random"), pool=vision.get("pool", "cls"))
         args.overrides = args.overrides + [f"train.init={runs / 'warm-start' / 'model'}"]
     if args.eval_only:
         training = [trained_run(runs / model) for model in MODELS]

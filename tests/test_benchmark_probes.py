@@ -38,7 +38,9 @@ def test_probes_benchmark_warm_start_fine_tunes_both_from_one_plain_run(tmp_path
     for model in ("clip-tiny", "clip-tiny-hardneg"):  # both arms start from the warm run (train.init)
         assert warm in (tmp_path / "runs" / model / "config.yaml").read_text()
     assert report["warm_start"]["positions"] == "sincos"
-    assert "position_init: sincos" in (tmp_path / "runs" / "warm-start" / "config.yaml").read_text()
+    assert report["warm_start"]["pool"] == "moments"
+    warm_config = (tmp_path / "runs" / "warm-start" / "config.yaml").read_text()
+    assert "position_init: sincos" in warm_config and "pool: moments" in warm_config
     assert "phrase_heads" in report["results"]["clip-tiny-hardneg"]  # the recipe pre-trains on phrases
 
 

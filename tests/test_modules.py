@@ -19,7 +19,7 @@ def test_self_attention_matches_manual_softmax_attention():
     assert torch.allclose(attention(x, is_causal=True), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("pool", ["cls", "mean", "attention"])
+@pytest.mark.parametrize("pool", ["cls", "mean", "attention", "moments"])
 def test_vit_shapes(pool):
     vit = VisionTransformer(VisionConfig(image_size=32, patch_size=8, width=32, layers=2, heads=4, pool=pool))
     images = torch.randn(3, 3, 32, 32)
@@ -80,3 +80,26 @@ def test_sincos_position_init_encodes_the_patch_grid():
                                          position_init="sincos"))
     assert torch.equal(vit.positional_embedding.detach()[1:], codes)
     assert vit.positional_embedding.requires_grad
+
+
+def test_moments_pool_starts_as_the_mean_and_keeps_where_things_are():
+    config = dict(image_size=32, patch_size=8, width=16, layers=1, heads=2)
+    mean, moments = (VisionTransformer(VisionConfig(**config, pool=pool)) for pool in ("mean", "moments"))
+    moments.load_state_dict(mean.state_dict(), strict=False)  # a mean-pooled tower given the new pool
+    images = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(moments(images), mean(images), atol=1e-6)  # the moment map starts at zero
+
+    # Tokens that are the same multiset in two layouts: the mean cannot tell them apart, the moments can.
+    tokens = torch.randn(1, 16, 16)
+    mirrored = tokens.view(1, 4, 4, 16).flip(2).reshape(1, 16, 16)  # each row of patches right to left
+    torch.nn.init.normal_(moments.moment_map.weight)
+    assert torch.allclose(mean.pool(tokens), mean.pool(mirrored), atol=1e-6)
+    assert not torch.allclose(moments.pool(tokens), moments.pool(mirrored), atol=1e-3)
+    # the column moment changes sign under the mirror, the row moment does not
+    coordinates = moments.patch_coordinates
+    assert torch.allclose(coordinates[:4, 0], torch.tensor([-1.0, -1 / 3, 1 / 3, 1.0]))
+    first, second = (torch.einsum("blw,l->bw", t, coordinates[:, 0]) for t in (tokens, mirrored))
+    assert torch.allclose(first, -second, atol=1e-5)
+    rows, rows_mirrored = (torch.einsum("blw,l->bw", t, coordinates[:, 1]) for t in (tokens, mirrored))
+    assert torch.allclose(rows, rows_mirrored, atol=1e-5)
+    assert "patch_coordinates" not in moments.state_dict()  # derived from the config, not saved

@@ -19,7 +19,7 @@ class VisionConfig:
     heads: int = 4
     mlp_ratio: float = 4.0
     activation: str = "gelu"
-    pool: str = "cls"  # cls | mean | attention
+    pool: str = "cls"  # cls | mean | attention | moments (mean + where each feature is: keeps the layout)
     norm_pre: bool = True  # CLIP normalises the token sequence before the blocks
     position_init: str = "random"  # random (CLIP) | sincos (2-D sine-cosine, still learned: faster from scratch)
     norm_eps: float = 1e-5
@@ -27,14 +27,20 @@ class VisionConfig:
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        if self.pool not in ("cls", "mean", "attention"):
-            raise ValueError(f"vision pool must be cls, mean or attention, not {self.pool!r}")
+        if self.pool not in ("cls", "mean", "attention", "moments"):
+            raise ValueError(f"vision pool must be cls, mean, attention or moments, not {self.pool!r}")
         if self.position_init not in ("random", "sincos"):
             raise ValueError(f"vision position_init must be random or sincos, not {self.position_init!r}")
 
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
+
+
+def patch_coordinates(grid: int) -> torch.Tensor:
+    """[grid * grid, 2] (column, row) of each patch in row-major order, centred and scaled to [-1, 1]."""
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, grid), torch.linspace(-1, 1, grid), indexing="ij")
+    return torch.stack([xs.flatten(), ys.flatten()], dim=1)
 
 
 def sincos_2d(grid: int, width: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -74,6 +80,12 @@ class VisionTransformer(nn.Module):
                                        config.norm_eps)
         self.norm_post = nn.LayerNorm(width, eps=config.norm_eps)
         self.attention_pool = AttentionPool(width, config.heads) if config.pool == "attention" else None
+        self.moment_map = None
+        if config.pool == "moments":  # zero at first: a mean-pooled tower given this pool computes what it did
+            self.moment_map = nn.Linear(2 * width, width, bias=False)
+            nn.init.zeros_(self.moment_map.weight)
+            self.register_buffer("patch_coordinates", patch_coordinates(config.image_size // config.patch_size),
+                                 persistent=False)
         init_transformer_(self.transformer, width, config.layers)
 
     @property
@@ -95,6 +107,13 @@ class VisionTransformer(nn.Module):
             return tokens[:, 0]
         if self.config.pool == "mean":
             return tokens.mean(dim=1)
+        if self.moment_map is not None:
+            # Mean pooling keeps what is in the image but not where: "a red circle left of a blue square" and its
+            # mirror image pool alike. The first spatial moments (each token weighted by its centred column, and
+            # by its row) keep where each feature is, and a learned map folds them into the pooled vector.
+            coordinates = self.patch_coordinates.to(tokens.dtype)
+            moments = torch.einsum("blw,lc->bcw", tokens, coordinates) / tokens.shape[1]  # [B, 2, W]
+            return tokens.mean(dim=1) + self.moment_map(moments.flatten(1))
         assert self.attention_pool is not None
         return self.attention_pool(tokens)
 
