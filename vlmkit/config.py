@@ -31,8 +31,7 @@ DEFAULTS: dict[str, Any] = {
         "crop_scale": [0.8, 1.0],
         "hard_negatives": 0,  # rewritten captions per sample added to the contrastive loss (NegCLIP); 0 = off
         "phrase_labels": 0,  # phrase pre-training: the vocabulary's size (most frequent caption phrases); 0 = off
-        "scene_phrases": True,  # with phrase_labels on built-in scenes: the image learns all its metadata states,
-        # the text reads one of its statements per sample (a relation when there is one)
+        "scene_phrases": True,  # with phrase_labels on built-in scenes: the image learns all its metadata states
         "phrase_negatives": False,  # with phrase_labels and hard_negatives: the text head learns each negative's too
         "max_pixels": 89_478_485,
     },

@@ -47,9 +47,7 @@ class ImageTextDataset(Dataset):
         phrase_vocabulary: phrase labels (:mod:`vlmkit.data.phrases`); when given, each item has multi-hot
             ``phrase_targets`` (the labels of all the sample's captions and of its ``meta["statements"]``: what its
             image shows) and
-            ``caption_phrase_targets`` (those of the chosen caption), float32 [len(phrase_vocabulary)]; with
-            statements, also one of them for the text tower to read (``statement``, drawn by
-            :func:`~vlmkit.data.phrases.text_statement`) and its ``statement_phrase_targets``; with hard
+            ``caption_phrase_targets`` (those of the chosen caption), float32 [len(phrase_vocabulary)]; with hard
             negatives and ``phrase_negatives``, also ``negative_phrase_targets`` [len(negatives), K], each
             negative's own labels.
     """
@@ -145,11 +143,6 @@ class ImageTextDataset(Dataset):
             statements = sample.meta.get("statements", []) if sample.meta else []  # a built-in scene's metadata
             item["phrase_targets"] = self._phrase_targets([text for text, _ in valid] + list(statements))
             item["caption_phrase_targets"] = self._phrase_targets([caption])
-            if statements:
-                from .phrases import text_statement
-
-                item["statement"] = text_statement(statements, random.Random(rng.getrandbits(64)))
-                item["statement_phrase_targets"] = self._phrase_targets([item["statement"]])
             if self.phrase_negatives and "negatives" in item:  # minimal pairs: same words, other labels
                 rows = [self._phrase_targets([text]) for text in item["negatives"]]
                 item["negative_phrase_targets"] = torch.stack(rows) if rows else torch.zeros(0, len(self.phrase_index))
@@ -178,9 +171,7 @@ def collate_image_text(
         bool [B, L] (only with a tokenizer), ``captions``, ``labels``, ``keys`` (lists of B),
         ``indices`` int64 [B], ``bad`` [(key, reason)], ``converted`` [(key, note)]; with phrase targets in the
         items, ``phrase_targets`` and ``caption_phrase_targets`` float32 [B, K] (and ``negative_phrase_targets``
-        [N, K], one row per hard negative); when any item has a ``statement``, ``statement_phrase_targets`` [B, K]
-        and (with a tokenizer) ``statement_ids`` / ``statement_mask`` [B, L], an item without one giving its
-        caption.
+        [N, K], one row per hard negative).
         When every item is bad, ``images`` is None (B = 0, S unknown): the caller skips the
         batch, after recording ``bad`` in its BadSampleReport.
     """
@@ -204,16 +195,10 @@ def collate_image_text(
             width = batch["phrase_targets"].shape[1]
             batch["negative_phrase_targets"] = torch.cat([item.get("negative_phrase_targets", torch.zeros(0, width))
                                                           for item in good])
-        if any("statement" in item for item in good):
-            batch["statements"] = [item.get("statement", item["caption"]) for item in good]
-            batch["statement_phrase_targets"] = torch.stack(
-                [item.get("statement_phrase_targets", item["caption_phrase_targets"]) for item in good])
     if tokenizer is not None:
         batch["input_ids"], batch["attention_mask"] = tokenizer.encode(
             batch["captions"], context_length
         )
-        if "statements" in batch:
-            batch["statement_ids"], batch["statement_mask"] = tokenizer.encode(batch["statements"], context_length)
         if any("negatives" in item for item in good):
             negatives = [text for item in good for text in item.get("negatives", [])]
             batch["negative_counts"] = torch.tensor([len(item.get("negatives", [])) for item in good])

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from vlmkit.data.hard_negatives import COLORS, SIZES, _phrases, _relation_neighbours, _tokens, singularize
-from vlmkit.data.scenes import RELATION_WORDS, noun_phrase, relation_sentence
+from vlmkit.data.scenes import noun_phrase, relation_sentence
 
 
 MODIFIERS = {"colored", "coloured", "shaped"}  # "a red colored square": the noun comes after
@@ -89,17 +88,6 @@ def scene_statements(record: dict[str, Any]) -> list[str]:
             statements.append(relation_sentence(noun_phrase(subject["color"], subject["shape"]),
                                                 relation["relation"], noun_phrase(obj["color"], obj["shape"])))
     return statements
-
-
-def text_statement(statements: list[str], rng: random.Random) -> str:
-    """The statement the text tower reads with a sample (``data.scene_phrases``): a relation when the scene states
-    any, else an object. Captions rarely have a relation (only a quarter of the built-in images have one in
-    theirs), and a text tower learns which phrase is the subject of "left of" from many of them: trained on its
-    captions' labels it read the roles at 0.65 after 937 steps, on relation sentences alone at 1.00 after 898
-    (benchmarks/README.md)."""
-    relations = [s for s in statements if any(f" {words} " in s for words in RELATION_WORDS.values())]
-    pool = relations or statements
-    return pool[rng.randrange(len(pool))]
 
 
 def attach_scene_statements(samples: list[Any], data: str | Path) -> int:

@@ -253,16 +253,12 @@ class ContrastiveModel(ContrastiveScoring, nn.Module, PretrainedMixin):
                 negative_ids: torch.Tensor | None = None,
                 negative_mask: torch.Tensor | None = None, phrase_targets: torch.Tensor | None = None,
                 caption_phrase_targets: torch.Tensor | None = None,
-                negative_phrase_targets: torch.Tensor | None = None, statement_ids: torch.Tensor | None = None,
-                statement_mask: torch.Tensor | None = None,
-                statement_phrase_targets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                negative_phrase_targets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Training forward: normalised ``image_embeddings`` and ``text_embeddings`` [B, D], and with hard
         negatives (``negative_ids`` [N, L]) their ``negative_text_embeddings`` [N, D]. With phrase heads and
         targets (multi-hot [B, K] of the image's and of the caption's phrase labels), the heads' logits
         ``phrase_image_logits`` / ``phrase_text_logits`` and the targets themselves, for the loss; with
-        ``negative_phrase_targets`` [N, K] (each hard negative's own labels), ``phrase_negative_logits`` too; with
-        ``statement_ids`` / ``statement_mask`` [B, L] and ``statement_phrase_targets`` [B, K] (a sentence of each
-        built-in scene's metadata for the text tower to read), ``phrase_statement_logits``.
+        ``negative_phrase_targets`` [N, K] (each hard negative's own labels), ``phrase_negative_logits`` too.
         During a phrase warm-up (``loss_weights["contrastive"] == 0``) the hard negatives' embeddings are left out:
         nothing uses them."""
         pooled_image = self.visual(images)
@@ -274,10 +270,6 @@ class ContrastiveModel(ContrastiveScoring, nn.Module, PretrainedMixin):
                             phrase_text_logits=self.phrase_heads["text"](pooled_text),
                             phrase_targets=phrase_targets, caption_phrase_targets=caption_phrase_targets)
         phrases = "phrase_image_logits" in features
-        if phrases and statement_ids is not None and statement_phrase_targets is not None:
-            features.update(phrase_statement_logits=self.phrase_heads["text"](self._text_pooled(statement_ids,
-                                                                                               statement_mask)),
-                            statement_phrase_targets=statement_phrase_targets)
         warming_up = phrases and self.loss_weights["contrastive"] == 0
         if phrases and negative_phrase_targets is not None and negative_ids is not None:
             # minimal pairs: the text head also learns each hard negative's own labels
@@ -304,7 +296,7 @@ class ContrastiveModel(ContrastiveScoring, nn.Module, PretrainedMixin):
         they receive their gradient once per step, not once per micro-batch). With phrase logits in
         ``features``, the loss is ``loss_weights["contrastive"]`` x the contrastive loss + ``loss_weights["phrase"]``
         x the phrase loss (binary cross-entropy of each tower's head against its targets, the two summed; the
-        text's over the captions, their hard negatives and the statements together).
+        text's over the captions and their hard negatives together).
         """
         scale = self.logit_scale if temperature_grad else self.logit_scale.detach()
         image, text = features["image_embeddings"], features["text_embeddings"]
@@ -317,11 +309,9 @@ class ContrastiveModel(ContrastiveScoring, nn.Module, PretrainedMixin):
         out = {"loss": loss, "logit_scale": self.logit_scale.detach().exp()}
         if "phrase_image_logits" in features:
             text_logits, text_targets = features["phrase_text_logits"], features["caption_phrase_targets"]
-            for logits, targets in (("phrase_negative_logits", "negative_phrase_targets"),
-                                    ("phrase_statement_logits", "statement_phrase_targets")):
-                if logits in features:  # the captions, their negatives and the statements: one text term
-                    text_logits = torch.cat([text_logits, features[logits]])
-                    text_targets = torch.cat([text_targets, features[targets]])
+            if "phrase_negative_logits" in features:  # the captions and their negatives, one text term
+                text_logits = torch.cat([text_logits, features["phrase_negative_logits"]])
+                text_targets = torch.cat([text_targets, features["negative_phrase_targets"]])
             phrase = (F.binary_cross_entropy_with_logits(features["phrase_image_logits"].float(),
                                                          features["phrase_targets"].float())
                       + F.binary_cross_entropy_with_logits(text_logits.float(), text_targets.float()))
@@ -340,8 +330,7 @@ class ContrastiveModel(ContrastiveScoring, nn.Module, PretrainedMixin):
         features = self(batch["images"].to(self.device, self.dtype), on_device("input_ids"),
                         on_device("attention_mask"), on_device("negative_ids"), on_device("negative_mask"),
                         on_device("phrase_targets"), on_device("caption_phrase_targets"),
-                        on_device("negative_phrase_targets"), on_device("statement_ids"), on_device("statement_mask"),
-                        on_device("statement_phrase_targets"))
+                        on_device("negative_phrase_targets"))
         return self.loss_from_features(features)
 
     @torch.no_grad()

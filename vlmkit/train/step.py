@@ -14,8 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from vlmkit.train.setup import autocast
 
 
-PER_SAMPLE_EXTRAS = ("phrase_targets", "caption_phrase_targets", "statement_ids", "statement_mask",
-                     "statement_phrase_targets")
+PER_SAMPLE_EXTRAS = ("phrase_targets", "caption_phrase_targets")
 PER_NEGATIVE_EXTRAS = ("negative_phrase_targets",)  # one row per hard negative, split as the negatives are
 
 
