@@ -107,10 +107,11 @@ class VisionTransformer(nn.Module):
             return tokens[:, 0]
         if self.config.pool == "mean":
             return tokens.mean(dim=1)
-        if self.moment_map is not None:
+        if self.config.pool == "moments":
             # Mean pooling keeps what is in the image but not where: "a red circle left of a blue square" and its
             # mirror image pool alike. The first spatial moments (each token weighted by its centred column, and
             # by its row) keep where each feature is, and a learned map folds them into the pooled vector.
+            assert self.moment_map is not None
             coordinates = self.patch_coordinates.to(tokens.dtype)
             moments = torch.einsum("blw,lc->bcw", tokens, coordinates) / tokens.shape[1]  # [B, 2, W]
             return tokens.mean(dim=1) + self.moment_map(moments.flatten(1))

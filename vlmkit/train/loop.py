@@ -118,7 +118,7 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
     dataset = ImageTextDataset(samples, transform, seed=seed, on_bad_sample=dcfg["on_bad_sample"],
                                max_pixels=int(dcfg["max_pixels"]), hard_negatives=int(dcfg["hard_negatives"]),
                                phrase_vocabulary=phrase_vocabulary,
-                               phrase_negatives=bool(dcfg.get("phrase_negatives", False)))
+                               phrase_negatives=bool(dcfg["phrase_negatives"]))
 
     state: dict[str, Any] = {"step": 0, "total_steps": tcfg["steps"], "elapsed_s": 0.0, "samples_seen": 0}
     if latest is not None:
@@ -161,7 +161,7 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
     wall_before, budget_start = float(state.get("wall_s", elapsed_before)), budget_clock()
     last_loss, validation = math.nan, {}
     # a time budget's schedule is fitted from CALIBRATION_STEPS timed steps (after two untimed ones), and fitted
-    # again when phrase pre-training's warm-up ends: its steps cost what the contrastive ones do not
+    # again when phrase pre-training's warm-up ends: its steps cost differently from the contrastive ones
     calibrate_at, calibration_start = (start_step + 2 if total_steps is None else None), 0.0
     phrase_phase = state.get("phrase_warmup_steps")
     if phrase_vocabulary and phrase_phase is None:

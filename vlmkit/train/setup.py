@@ -101,7 +101,7 @@ def prepare_phrase_vocabulary(config: dict[str, Any], model: Any, samples: list[
                          f"clip or siglip, not {config['model'].get('architecture')}")
     from vlmkit.data.phrases import attach_scene_statements, build_vocabulary
 
-    if data is not None and config["data"].get("scene_phrases", True):
+    if data is not None and config["data"]["scene_phrases"]:
         attach_scene_statements(samples, data)
     if not model.config.phrase_labels:
         texts = (text for sample in samples for text in [*sample.captions, *sample.meta.get("statements", [])])
