@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
         "hard_negatives": 0,  # rewritten captions per sample added to the contrastive loss (NegCLIP); 0 = off
         "phrase_labels": 0,  # phrase pre-training: the vocabulary's size (most frequent caption phrases); 0 = off
         "scene_phrases": True,  # with phrase_labels on built-in scenes: the image learns all its metadata states
+        "relation_captions": 0.0,  # on built-in scenes: the chance a sample is captioned by a relation it states
         "phrase_negatives": False,  # with phrase_labels and hard_negatives: the text head learns each negative's too
         "max_pixels": 89_478_485,
     },
@@ -49,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
         "phrase_warmup": 0,  # with data.phrase_labels: steps (< 1: a fraction) on the phrase loss alone
         "phrase_weight": 1.0,  # with data.phrase_labels: the phrase loss's weight after phrase_warmup
         "phrase_lr": None,  # with data.phrase_labels: the warm-up's peak learning rate (None: train.lr)
+        "relation_text_steps": 0,  # with data.phrase_labels: first, text-only steps on the relation sentences
         "min_lr": 0.0,
         "weight_decay": 0.2,
         "betas": [0.9, 0.98],

@@ -50,6 +50,10 @@ class ImageTextDataset(Dataset):
             ``caption_phrase_targets`` (those of the chosen caption), float32 [len(phrase_vocabulary)]; with hard
             negatives and ``phrase_negatives``, also ``negative_phrase_targets`` [len(negatives), K], each
             negative's own labels.
+        relation_captions: in train mode, the probability that a sample whose ``meta["statements"]`` (a built-in
+            scene's metadata, :func:`vlmkit.data.phrases.attach_scene_statements`) state a spatial relation is
+            captioned by one of those statements instead of one of its captions (a true caption too, drawn from
+            what the metadata says).
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class ImageTextDataset(Dataset):
         hard_negatives: int = 0,
         phrase_vocabulary: list[str] | None = None,
         phrase_negatives: bool = False,
+        relation_captions: float = 0.0,
     ) -> None:
         if on_bad_sample not in ON_BAD_SAMPLE:
             raise ValueError(f"on_bad_sample must be one of {ON_BAD_SAMPLE}, got {on_bad_sample!r}")
@@ -74,6 +79,10 @@ class ImageTextDataset(Dataset):
         self.hard_negatives = int(hard_negatives)
         self.phrase_index = {label: i for i, label in enumerate(phrase_vocabulary or [])}
         self.phrase_negatives = bool(phrase_negatives)
+        if not 0.0 <= float(relation_captions) <= 1.0:
+            raise ValueError(f"data.relation_captions is a probability in [0, 1], not {relation_captions!r}")
+        self.relation_captions = float(relation_captions)
+        self._relations: dict[int, list[str]] = {}  # each sample's relation statements, found once per worker
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -112,6 +121,15 @@ class ImageTextDataset(Dataset):
                     targets[self.phrase_index[label]] = 1.0
         return targets
 
+    def _relation_statements(self, index: int) -> list[str]:
+        if index not in self._relations:
+            from .phrases import phrase_labels
+
+            statements = (self.samples[index].meta or {}).get("statements", [])
+            self._relations[index] = [text for text in statements
+                                      if any(" | " in label for label in phrase_labels(text))]
+        return self._relations[index]
+
     def load(self, index: int) -> dict:
         """Like ``__getitem__`` but raises BadSample whatever ``on_bad_sample`` says."""
         sample = self.samples[index]
@@ -121,6 +139,10 @@ class ImageTextDataset(Dataset):
         try:
             valid = self._valid_captions(sample)
             caption, caption_notes = valid[rng.randrange(len(valid)) if self.transform.train else 0]
+            if self.relation_captions and self.transform.train and rng.random() < self.relation_captions:
+                relations = self._relation_statements(index)
+                if relations:
+                    caption, caption_notes = relations[rng.randrange(len(relations))], []
             data = sample.image.read()
             image, image_notes = decode_image(data, max_pixels=self.max_pixels)
         except BadSample as error:

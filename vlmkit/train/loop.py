@@ -20,8 +20,9 @@ from vlmkit.train import checkpoint as ckpt
 from vlmkit.train.optim import (build_optimizer, learning_rate, phrase_schedule, phrase_warmup_steps,
                                 set_learning_rate, warmup_steps)
 from vlmkit.train.step import optimizer_step
+from vlmkit.train.text_stage import run_relation_text_stage
 from vlmkit.train.setup import (build_training_model, data_workers, load_initial_model, load_training_samples,
-                                prepare_phrase_vocabulary, prepare_tokenizer, prepare_vision_init,
+                                prepare_phrase_vocabulary, prepare_relation_captions, prepare_tokenizer, prepare_vision_init,
                                 resolve_precision, setup_runtime, training_collator)
 from vlmkit.train.validate import Validator
 
@@ -101,6 +102,8 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
         model.set_freeze(tcfg["freeze"])
         config["model"] = {"architecture": model.architecture, **model.config_dict()}
     phrase_vocabulary = prepare_phrase_vocabulary(config, model, samples, data)  # before the optimizer: new heads
+    if float(dcfg["relation_captions"] or 0.0):
+        prepare_relation_captions(samples, data)
     if tcfg["precision"] == "bf16":
         model.to(torch.bfloat16)
     model.to(runtime.device)
@@ -118,7 +121,8 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
     dataset = ImageTextDataset(samples, transform, seed=seed, on_bad_sample=dcfg["on_bad_sample"],
                                max_pixels=int(dcfg["max_pixels"]), hard_negatives=int(dcfg["hard_negatives"]),
                                phrase_vocabulary=phrase_vocabulary,
-                               phrase_negatives=bool(dcfg["phrase_negatives"]))
+                               phrase_negatives=bool(dcfg["phrase_negatives"]),
+                               relation_captions=float(dcfg["relation_captions"] or 0.0))
 
     state: dict[str, Any] = {"step": 0, "total_steps": tcfg["steps"], "elapsed_s": 0.0, "samples_seen": 0}
     if latest is not None:
@@ -145,6 +149,11 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
         collate_fn=training_collator(model, tokenizer),
         pin_memory=runtime.device.type == "cuda", persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None)
+    run_start, elapsed_before = time.perf_counter(), float(state.get("elapsed_s", 0.0))
+    wall_before, budget_start = float(state.get("wall_s", elapsed_before)), budget_clock()
+    if int(tcfg.get("relation_text_steps") or 0) and start_step == 0:  # counted in the budget, before step 0
+        state["relation_text_stage"] = run_relation_text_stage(model, samples, tcfg, runtime.device, seed,
+                                                               progress=main and progress)
     trained = DistributedDataParallel(model) if runtime.world_size > 1 else model
     validator = Validator(val_data, dcfg, model, runtime.device, tcfg["precision"]) if val_data and main else None
 
@@ -157,8 +166,6 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
     eval_every = int(tcfg["eval_every"] or 0)
     bar = _progress_bar(main and progress, start_step, total_steps)
     step, window_loss, window_samples, window_start = start_step, [], 0, time.perf_counter()
-    run_start, elapsed_before = time.perf_counter(), float(state.get("elapsed_s", 0.0))
-    wall_before, budget_start = float(state.get("wall_s", elapsed_before)), budget_clock()
     last_loss, validation = math.nan, {}
     # a time budget's schedule is fitted from CALIBRATION_STEPS timed steps (after two untimed ones), and fitted
     # again when phrase pre-training's warm-up ends: its steps cost differently from the contrastive ones
@@ -254,6 +261,8 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
                    "clock": tcfg.get("clock") or "wall", "budget_elapsed_s": round(budget_elapsed, 2),
                    "samples_seen": state.get("samples_seen", 0), "final_loss": last_loss,
                    **({"schedule_fits": state["schedule_fits"]} if state.get("schedule_fits") else {}),
+                   **({"relation_text_stage": state["relation_text_stage"]}
+                      if state.get("relation_text_stage") else {}),
                    "bad_samples": bad.as_dict(), "validation": validation, "stopped_early": stop.requested}
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         if bad:

@@ -114,6 +114,18 @@ def prepare_phrase_vocabulary(config: dict[str, Any], model: Any, samples: list[
     return list(model.config.phrase_labels)
 
 
+def prepare_relation_captions(samples: list[Any], data: str | Path) -> None:
+    """``data.relation_captions``: the samples need their built-in scenes' statements (attached here unless phrase
+    pre-training did it already)."""
+    if not any("statements" in sample.meta for sample in samples):
+        from vlmkit.data.phrases import attach_scene_statements
+
+        if not attach_scene_statements(samples, data):
+            raise ValueError(f"data.relation_captions captions samples by their built-in scene's relations, and "
+                             f"{data} is not built-in scenes (no metadata.jsonl there or one folder up); set "
+                             "data.relation_captions=0")
+
+
 def prepare_vision_init(config: dict[str, Any]) -> Any:
     """``train.init_vision``: load that contrastive model and give the recipe its vision tower's shape and
     preprocessing, so the VLM built next can take its weights (``load_vision_from``)."""
