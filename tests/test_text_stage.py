@@ -66,6 +66,21 @@ def test_the_stage_trains_the_text_tower_and_its_head_only(tiny_overrides):
     assert all(name.startswith(("text.", "phrase_heads.text.")) for name in changed), sorted(changed)
 
 
+def test_the_stage_stops_when_the_time_budget_runs_out(tiny_overrides):
+    model, tcfg = _model(tiny_overrides, CAPTIONS)
+    tcfg.update(relation_text_steps=50, batch_size=4)
+    asked: list[int] = []
+
+    def out_of_time() -> bool:
+        asked.append(1)
+        return len(asked) >= 3
+    info = run_relation_text_stage(model, [_sample("a", CAPTIONS)], tcfg, torch.device("cpu"), 0, progress=False,
+                                   out_of_time=out_of_time)
+    assert info["steps"] == 3 and info["out_of_time"] is True
+    assert "out_of_time" not in run_relation_text_stage(model, [_sample("a", CAPTIONS)], tcfg, torch.device("cpu"),
+                                                        0, progress=False, out_of_time=lambda: False)
+
+
 def test_the_stage_says_what_is_missing(tiny_overrides):
     model, tcfg = _model(tiny_overrides, CAPTIONS)
     tcfg.update(relation_text_steps=2)
@@ -98,6 +113,11 @@ def test_training_runs_the_stage_first_and_a_resume_does_not_repeat_it(synth_dat
     assert resumed.steps == 4
     again = json.loads((tmp_path / "run" / "summary.json").read_text())["relation_text_stage"]
     assert again == stage  # kept from the checkpoint, not run again
+    budget = train(load_config("clip-tiny-hardneg", overrides + ["train.steps=null", "train.minutes=0.02",
+                                                              "train.clock=cpu", "train.relation_text_steps=10000"]),
+                   data=synth_data / "captions.csv", out=tmp_path / "budget", progress=False)
+    stage = json.loads((tmp_path / "budget" / "summary.json").read_text())["relation_text_stage"]
+    assert stage["out_of_time"] and stage["steps"] < 10000 and budget.steps >= 1  # the budget holds the stage too
     with pytest.raises(ValueError, match="set data.phrase_labels"):
         train(load_config("clip-tiny", tiny_overrides + ["train.steps=1", "train.relation_text_steps=3"]),
               data=synth_data / "captions.csv", out=tmp_path / "off", progress=False)

@@ -231,13 +231,14 @@ def test_torchrun_two_processes_match_one_process(synth_data, tiny_overrides, tm
 def test_torchrun_ranks_agree_on_a_time_budget_and_its_refit(synth_data, tiny_overrides, tmp_path):
     """Each rank has its own CPU clock: the fitted steps and the moment the budget runs out must still be one
     decision, or a rank waits forever in the other's all-reduce."""
-    overrides = tiny_overrides + ["train.steps=null", "train.minutes=0.2", "train.clock=cpu", "data.phrase_labels=32",
-                                  "train.phrase_warmup=0.5"]
+    overrides = tiny_overrides + ["train.steps=null", "train.minutes=0.2", "train.clock=cpu", "data.phrase_labels=64",
+                                  "train.phrase_warmup=0.5", "train.relation_text_steps=20"]
     command = _train_command(synth_data / "captions.csv", tmp_path / "ddp", overrides, recipe="clip-tiny-hardneg")
     returncode, stderr = _torchrun(command, timeout=300)  # a hang is killed at the timeout and fails here
     assert returncode == 0, stderr[-2000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert len(summary["schedule_fits"]) == 2 and summary["steps"] <= summary["total_steps"]
+    assert summary["relation_text_stage"]["steps"] == 20  # the text stage's all-reduces matched up too
 
 
 def test_periodic_validation_logs_retrieval(synth_data, heldout_data, tiny_overrides, tmp_path):

@@ -152,8 +152,10 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
     run_start, elapsed_before = time.perf_counter(), float(state.get("elapsed_s", 0.0))
     wall_before, budget_start = float(state.get("wall_s", elapsed_before)), budget_clock()
     if int(tcfg.get("relation_text_steps") or 0) and start_step == 0:  # counted in the budget, before step 0
+        def out_of_time() -> bool:
+            return budget_s is not None and elapsed_before + budget_clock() - budget_start >= budget_s
         state["relation_text_stage"] = run_relation_text_stage(model, samples, tcfg, runtime.device, seed,
-                                                               progress=main and progress)
+                                                               progress=main and progress, out_of_time=out_of_time)
     trained = DistributedDataParallel(model) if runtime.world_size > 1 else model
     validator = Validator(val_data, dcfg, model, runtime.device, tcfg["precision"]) if val_data and main else None
 

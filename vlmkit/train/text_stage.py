@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -50,10 +51,13 @@ def relation_texts(samples: list[Any], vocabulary: list[str]) -> list[tuple[str,
 
 
 def run_relation_text_stage(model: Any, samples: list[Any], tcfg: dict[str, Any], device: torch.device,
-                            seed: int, progress: bool = True) -> dict[str, Any]:
+                            seed: int, progress: bool = True,
+                            out_of_time: Callable[[], bool] | None = None) -> dict[str, Any]:
     """``train.relation_text_steps`` steps of the text tower and its phrase head on :func:`relation_texts` (batch
-    ``train.batch_size``, precision ``train.precision``, gradients clipped at ``train.grad_clip``). Returns what it
-    did: ``steps``, ``texts``, ``first_loss``, ``final_loss``, ``seconds``."""
+    ``train.batch_size``, precision ``train.precision``, gradients clipped at ``train.grad_clip``), or fewer when
+    ``out_of_time()`` (the run's time budget; asked after each step, agreed across ranks) says so. Returns what it
+    did: ``steps`` (taken), ``texts``, ``first_loss``, ``final_loss``, ``seconds``, and ``out_of_time`` when it
+    stopped early."""
     steps = int(tcfg.get("relation_text_steps") or 0)
     heads = getattr(model, "phrase_heads", None)
     if heads is None:
@@ -88,6 +92,7 @@ def run_relation_text_stage(model: Any, samples: list[Any], tcfg: dict[str, Any]
 
         bar = tqdm(total=steps, unit="step", desc="relation text", dynamic_ncols=True, mininterval=1.0)
     parts.train()
+    taken, stopped = 0, False
     for step in range(steps):
         chosen = rng.sample(range(len(texts)), batch_size)
         targets = torch.zeros(batch_size, width)
@@ -112,10 +117,17 @@ def run_relation_text_stage(model: Any, samples: list[Any], tcfg: dict[str, Any]
         optimizer.step()
         final_loss = float(loss.detach())
         first_loss = final_loss if step == 0 else first_loss
+        taken = step + 1
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{final_loss:.4f}")
+        if out_of_time is not None and taken < steps:
+            stopped = out_of_time()
+            if world > 1:  # each rank's clock is its own: all stop at the same step
+                stopped = distributed.all_reduce_mean(float(stopped), device) > 0
+            if stopped:
+                break
     if bar is not None:
         bar.close()
-    return {"steps": steps, "texts": len(texts), "first_loss": first_loss, "final_loss": final_loss,
-            "seconds": round(time.perf_counter() - start, 2)}
+    return {"steps": taken, "texts": len(texts), "first_loss": first_loss, "final_loss": final_loss,
+            "seconds": round(time.perf_counter() - start, 2), **({"out_of_time": True} if stopped else {})}
