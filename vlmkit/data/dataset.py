@@ -123,11 +123,11 @@ class ImageTextDataset(Dataset):
 
     def _relation_statements(self, index: int) -> list[str]:
         if index not in self._relations:
-            from .phrases import phrase_labels
+            from .phrases import ROLE_MARK, phrase_labels
 
             statements = (self.samples[index].meta or {}).get("statements", [])
             self._relations[index] = [text for text in statements
-                                      if any(" | " in label for label in phrase_labels(text))]
+                                      if any(ROLE_MARK in label for label in phrase_labels(text))]
         return self._relations[index]
 
     def load(self, index: int) -> dict:

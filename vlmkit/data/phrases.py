@@ -29,6 +29,7 @@ from vlmkit.data.hard_negatives import COLORS, SIZES, _phrases, _relation_neighb
 from vlmkit.data.scenes import noun_phrase, relation_sentence
 
 
+ROLE_MARK = " | "  # in the label of a relation role: "red circle | left of"
 MODIFIERS = {"colored", "coloured", "shaped"}  # "a red colored square": the noun comes after
 
 
@@ -64,7 +65,7 @@ def phrase_labels(caption: str) -> list[str]:
     for before, after, relation, opposite in _relation_neighbours(caption, tokens, phrases):
         subject, obj = main[before], main[after]
         if subject and obj and subject != obj:
-            found.update({f"{subject} | {relation.lower()}", f"{obj} | {opposite.lower()}"})
+            found.update({f"{subject}{ROLE_MARK}{relation.lower()}", f"{obj}{ROLE_MARK}{opposite.lower()}"})
     return sorted(found)
 
 

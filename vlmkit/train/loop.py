@@ -22,8 +22,8 @@ from vlmkit.train.optim import (build_optimizer, learning_rate, phrase_schedule,
 from vlmkit.train.step import optimizer_step
 from vlmkit.train.text_stage import run_relation_text_stage
 from vlmkit.train.setup import (build_training_model, data_workers, load_initial_model, load_training_samples,
-                                prepare_phrase_vocabulary, prepare_relation_captions, prepare_tokenizer, prepare_vision_init,
-                                resolve_precision, setup_runtime, training_collator)
+                                prepare_phrase_vocabulary, prepare_relation_captions, prepare_tokenizer,
+                                prepare_vision_init, resolve_precision, setup_runtime, training_collator)
 from vlmkit.train.validate import Validator
 
 CALIBRATION_STEPS = 12  # steps timed to fit the schedule to a time budget
