@@ -78,7 +78,10 @@ def _worker(rank, world, port, kind, queue):
     dist.all_reduce(grad_b)
     losses = [torch.zeros(1) for _ in range(world)]
     dist.all_gather(losses, loss.detach().reshape(1))
-    queue.put((rank, float(sum(losses) / world), image.grad, text.grad, float(grad_t / world), float(grad_b / world)))
+    # gradients as numpy arrays, pickled by value: a tensor would travel as a shared-memory handle that the parent
+    # cannot open once this process has exited (ConnectionResetError under load)
+    queue.put((rank, float(sum(losses) / world), image.grad.numpy(), text.grad.numpy(), float(grad_t / world),
+               float(grad_b / world)))
     dist.destroy_process_group()
 
 
@@ -104,8 +107,8 @@ def test_two_processes_equal_one_big_batch(kind):
         assert p.exitcode == 0
     dist_loss = results[0][1]
     assert abs(dist_loss - float(loss.detach())) < 1e-5
-    image_grad = torch.cat([r[2] for r in results])
-    text_grad = torch.cat([r[3] for r in results])
+    image_grad = torch.cat([torch.from_numpy(r[2]) for r in results])
+    text_grad = torch.cat([torch.from_numpy(r[3]) for r in results])
     # one process over 2B averages over 2B rows; two ranks average their B rows and DDP averages over ranks,
     # so the feature gradients of a rank, divided by the world size, equal the single-process ones.
     assert torch.allclose(image_grad / 2, image.grad, atol=1e-6)
