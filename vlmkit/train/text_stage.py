@@ -29,18 +29,22 @@ from vlmkit import distributed
 from vlmkit.train.optim import learning_rate, parameter_groups, set_learning_rate
 from vlmkit.train.setup import autocast
 
+
 def relation_texts(samples: list[Any], vocabulary: list[str]) -> list[tuple[str, list[int]]]:
     """The distinct texts of ``samples`` (captions, then ``meta["statements"]``) that have a relation-role label in
     ``vocabulary``, each with the indices of all its labels there, in first-seen order."""
+    from vlmkit.data.decode import BadSample, decode_caption
     from vlmkit.data.phrases import ROLE_MARK, phrase_labels
 
     index = {label: k for k, label in enumerate(vocabulary)}
     found: dict[str, list[int]] = {}
     for sample in samples:
         for raw in [*sample.captions, *sample.meta.get("statements", [])]:
-            text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
-            text = text.strip()
-            if not text or text in found:
+            try:
+                text = decode_caption(raw)[0]  # the dataset's decoding: bytes, odd encodings, whitespace
+            except BadSample:  # empty: the dataset reports it
+                continue
+            if text in found:
                 continue
             labels = [label for label in phrase_labels(text) if label in index]
             if any(ROLE_MARK in label for label in labels):
