@@ -65,21 +65,26 @@ def train_model(recipe: str, train_dir: Path, run_dir: Path, minutes: float, ove
 
 
 def train_all(recipes: list[str], train_dir: Path, runs_dir: Path, minutes: float, overrides: list[str],
-              sequential: bool, run_names: list[str] | None = None) -> list[dict[str, Any]]:
-    """Train each recipe for ``minutes`` into ``runs_dir / name`` (``run_names``, default the recipe names): one
-    after the other, or at the same time in separate processes with one thread and one data worker each (machine
-    load then falls on all of them alike)."""
+              sequential: bool, run_names: list[str] | None = None, run_overrides: list[list[str]] | None = None,
+              workers: int | None = None) -> list[dict[str, Any]]:
+    """Train each recipe for ``minutes`` into ``runs_dir / name`` (``run_names``, default the recipe names), with
+    ``overrides`` and then that run's own ``run_overrides``: one after the other, or at the same time in separate
+    processes with one thread and one data worker each (machine load then falls on all of them alike), at most
+    ``workers`` at once (default: all)."""
     names = run_names or recipes
+    own = run_overrides or [[] for _ in recipes]
     if sequential:
-        return [train_model(r, train_dir, runs_dir / name, minutes, overrides) for r, name in zip(recipes, names)]
+        return [train_model(r, train_dir, runs_dir / name, minutes, overrides + extra)
+                for r, name, extra in zip(recipes, names, own)]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     overrides = overrides + ["train.threads=1", "data.workers=1"]
     # spawn: a fresh interpreter per run; the executor's processes may start DataLoader workers of their own
-    with ProcessPoolExecutor(len(recipes), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(train_model, r, train_dir, runs_dir / name, minutes, overrides)
-                   for r, name in zip(recipes, names)]
+    with ProcessPoolExecutor(min(len(recipes), workers or len(recipes)),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(train_model, r, train_dir, runs_dir / name, minutes, overrides + extra)
+                   for r, name, extra in zip(recipes, names, own)]
         return [future.result() for future in futures]
 
 

@@ -23,6 +23,55 @@ def test_probes_benchmark_reports_both_models_and_the_targets(tmp_path):
     for result in report["results"].values():
         assert "aro_relation" in result["probes"] and 0 <= result["zeroshot_acc1"] <= 1
     assert len(report["targets"]) == 3
+    assert report["machine"]["cores"] >= 1 and report["machine"]["cpu_capability"]  # results vary with the machine
+    import probes_hardneg
+
+    printed = probes_hardneg.table(report).splitlines()
+    assert printed[0].startswith("machine: ") and printed[2].split()[0] == "steps"
+    assert [int(n) for n in printed[2].split()[1:]] == [report["training"][m]["steps"] for m in probes_hardneg.MODELS]
+
+
+def test_an_extra_arm_joins_a_finished_round_without_retraining_it(tmp_path):
+    base = [sys.executable, str(SCRIPT), "--minutes", "0.03", "--train-size", "120", "--eval-size", "60",
+            "--workdir", str(tmp_path), "--sequential", "--json"]
+    for item in TINY:
+        base += ["--set", item]
+    first = subprocess.run(base, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    weights = {arm: (tmp_path / "runs" / arm / "model" / "model.safetensors").stat().st_mtime_ns
+               for arm in ("clip-tiny", "clip-tiny-hardneg")}
+    run = subprocess.run(base + ["--reuse", "--arm", "seed1", "train.seed=1", "data.hard_negatives=1"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    assert list(report["results"]) == ["clip-tiny", "clip-tiny-hardneg", "seed1"]
+    assert {arm: report["training"][arm]["reused"] for arm in report["training"]} == {
+        "clip-tiny": True, "clip-tiny-hardneg": True, "seed1": False}
+    for arm, mtime in weights.items():  # the finished arms were scored, not trained again
+        assert (tmp_path / "runs" / arm / "model" / "model.safetensors").stat().st_mtime_ns == mtime
+    import yaml
+
+    config = yaml.safe_load((tmp_path / "runs" / "seed1" / "config.yaml").read_text())
+    assert config["train"]["seed"] == 1 and config["data"]["hard_negatives"] == 1  # its own overrides ...
+    assert config["model"]["vision"]["image_size"] == 32  # ... on top of --set's
+    assert report["training"]["seed1"]["overrides"] == ["train.seed=1", "data.hard_negatives=1"]
+    assert set(report["arm_targets"]) == {"clip-tiny-hardneg", "seed1"} and len(report["arm_targets"]["seed1"]) == 3
+    import probes_hardneg
+
+    printed = probes_hardneg.table(report)
+    assert "seed1" in printed.splitlines()[1] and "[seed1]" in printed
+
+
+def test_extra_arms_need_names_of_their_own(tmp_path, capsys):
+    import probes_hardneg
+    import pytest
+
+    for arm, says in ((["clip-tiny"], "its own name"), (["warm-start"], "its own name"), (["a/b"], "its own name"),
+                      (["x", "--arm", "x"], "its own name"), (["x", "train.seed"], "is not KEY=VALUE")):
+        with pytest.raises(SystemExit) as stopped:
+            probes_hardneg.main(["--workdir", str(tmp_path), "--arm", *arm])
+        assert stopped.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()  # refused before any work
 
 
 def test_probes_benchmark_warm_start_fine_tunes_both_from_one_plain_run(tmp_path):
@@ -42,6 +91,8 @@ def test_probes_benchmark_warm_start_fine_tunes_both_from_one_plain_run(tmp_path
     warm_config = (tmp_path / "runs" / "warm-start" / "config.yaml").read_text()
     assert "position_init: sincos" in warm_config and "pool: moments" in warm_config
     assert "phrase_heads" in report["results"]["clip-tiny-hardneg"]  # the recipe pre-trains on phrases
+    stage = report["training"]["clip-tiny-hardneg"]["relation_text_stage"]  # the recipe's text stage ran first
+    assert stage["steps"] >= 1 and "relation_text_stage" not in report["training"]["clip-tiny"]
 
 
 def test_binding_diagnostics_run_every_check_on_a_tiny_model(tmp_path):
