@@ -11,8 +11,9 @@ run.
 
 ``--arm NAME KEY=VALUE ...`` adds clip-tiny-hardneg arms with overrides of their own (variants, or repeats with
 another ``train.seed``), trained from the same warm start and scored against the same plain run; ``--reuse`` scores
-finished arms as they are, so that arms can join a round. The report names the machine and each arm's steps: a CPU-minute
-budget bought four times fewer steps on an AVX2-only CPU at fp32 than on the bf16-capable one of the README's rounds.
+finished arms as they are (when they were trained with the settings asked for now), so that arms can join a round.
+The report names the machine and each arm's steps: a CPU-minute budget bought four times fewer steps on an AVX2-only
+CPU at fp32 than on the bf16-capable one of the README's rounds.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from train_throughput import machine_info  # noqa: E402
 
 MODELS = ("clip-tiny", "clip-tiny-hardneg")
 TARGET_PROBES = ("aro_relation", "aro_attribute")
+ARM_RECORD = "benchmark_arm.json"  # in each arm's run folder: the recipe, minutes and overrides it was trained with
 
 
 def prepare_data(workdir: Path, train_size: int, eval_size: int, single_fraction: float) -> tuple[Path, Path]:
@@ -122,6 +124,23 @@ def parse_arms(specs: list[list[str]], parser: argparse.ArgumentParser) -> dict[
     return arms
 
 
+def check_reusable(run: Path, wanted: dict[str, Any] | None, parser: argparse.ArgumentParser) -> None:
+    """A finished arm is scored again only if it was trained as asked now (recipe, minutes, overrides; not
+    checked when ``wanted`` is None: --eval-only scores what is there)."""
+    if not (run / "summary.json").exists():
+        parser.error(f"{run} has no finished run to evaluate: train it first (drop --eval-only)")
+    if wanted is None:
+        return
+    record = run / ARM_RECORD
+    if not record.exists():
+        parser.error(f"{run} does not say how it was trained ({ARM_RECORD} is missing): delete it to train it again")
+    done = json.loads(record.read_text())
+    if done != wanted:
+        changed = ", ".join(key for key in wanted if done.get(key) != wanted[key])
+        parser.error(f"{run} was trained with other settings ({changed}: {done}); delete it to train it again, or "
+                     "ask for what it was trained with")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=7.0, help="training time budget per model")
@@ -158,7 +177,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="arms trained at once, side by side (default: one per core); the others wait")
     parser.add_argument("--reuse", action="store_true",
                         help="an arm whose run in --workdir has finished is scored as it is, not trained again "
-                             "(to add arms to a round; delete runs/NAME to retrain one)")
+                             "(to add arms to a round); it must have been trained with the recipe, minutes and "
+                             "overrides asked for now (delete runs/NAME to retrain one)")
     parser.add_argument("--sequential", action="store_true")
     parser.add_argument("--eval-only", action="store_true", help="evaluate the finished runs in --workdir")
     parser.add_argument("--json", action="store_true")
@@ -194,12 +214,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         warm.update(minutes=args.warm_start, single_fraction=args.warm_single_fraction,
                     positions=vision.get("position_init", "random"), pool=vision.get("pool", "cls"))
         args.overrides = args.overrides + [f"train.init={runs / 'warm-start' / 'model'}"]
+    wanted = {name: {"recipe": recipe, "minutes": args.minutes, "overrides": args.overrides + extra}
+              for name, (recipe, extra) in arms.items()}
     finished = {name for name in arms if args.eval_only or (args.reuse and (runs / name / "summary.json").exists())}
+    for name in sorted(finished):
+        check_reusable(runs / name, None if args.eval_only else wanted[name], parser)
     todo = [name for name in arms if name not in finished]
     trained = dict(zip(todo, train_all([arms[name][0] for name in todo], train_dir, runs, args.minutes,
                                        args.overrides, args.sequential, run_names=todo,
                                        run_overrides=[arms[name][1] for name in todo], workers=args.workers)
                        if todo else []))
+    for name in todo:  # what each arm was trained with, for a later --reuse
+        (runs / name / ARM_RECORD).write_text(json.dumps(wanted[name], indent=1))
     training = {name: trained[name] if name in trained else trained_run(runs / name) for name in arms}
     for name, record in training.items():
         record.update(reused=name in finished, **({"overrides": arms[name][1]} if arms[name][1] else {}))
@@ -213,7 +239,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "single_fraction": args.single_fraction, "clock": args.clock, "warm_start": warm,
               "training": training, "results": results, "targets": arm_targets["clip-tiny-hardneg"],
               "arm_targets": arm_targets,
-              "load_average": [round(x, 2) for x in os.getloadavg()], "seconds": round(time.perf_counter() - started, 1)}
+              "load_average": [round(x, 2) for x in os.getloadavg()],
+              "seconds": round(time.perf_counter() - started, 1)}
     if args.out:
         write_json(Path(args.out), report)
     print(json.dumps(report, indent=2) if args.json else table(report))

@@ -60,6 +60,11 @@ def test_an_extra_arm_joins_a_finished_round_without_retraining_it(tmp_path):
 
     printed = probes_hardneg.table(report)
     assert "seed1" in printed.splitlines()[1] and "[seed1]" in printed
+    changed = subprocess.run(base + ["--reuse", "--arm", "seed1", "train.seed=2", "data.hard_negatives=1"],
+                             capture_output=True, text=True, timeout=600)  # not what seed1 was trained with
+    assert changed.returncode == 2 and "trained with other settings (overrides" in changed.stderr, changed.stderr
+    assert json.loads((tmp_path / "runs" / "seed1" / "benchmark_arm.json").read_text())["overrides"][-2:] == [
+        "train.seed=1", "data.hard_negatives=1"]
 
 
 def test_extra_arms_need_names_of_their_own(tmp_path, capsys):
