@@ -89,15 +89,19 @@ def train_all(recipes: list[str], train_dir: Path, runs_dir: Path, minutes: floa
 
 
 def trained_run(run_dir: Path) -> dict[str, Any]:
-    """The training record of a finished run folder (for --eval-only)."""
+    """The training record of a finished run folder (for --eval-only), from its summary.json."""
     from vlmkit.config import load_config
 
     summary = json.loads((run_dir / "summary.json").read_text())
-    return {"steps": summary["steps"], "seconds": summary["seconds"],
-            "samples_per_s": round(summary["samples_seen"] / max(summary["seconds"], 1e-9), 1),
-            "final_loss": round(summary["final_loss"], 4),
-            "precision": load_config(run_dir / "config.yaml")["train"]["precision"],
-            "model_dir": str(run_dir / "model")}
+    record = {"steps": summary["steps"], "seconds": summary["seconds"],
+              "samples_per_s": round(summary["samples_seen"] / max(summary["seconds"], 1e-9), 1),
+              "final_loss": round(summary["final_loss"], 4),
+              "precision": load_config(run_dir / "config.yaml")["train"]["precision"],
+              "model_dir": str(run_dir / "model")}
+    stage = summary.get("relation_text_stage")
+    if stage:  # a text stage's steps come before the joint ones
+        record["relation_text_stage"] = {k: stage[k] for k in ("steps", "seconds", "final_loss") if k in stage}
+    return record
 
 
 def heldout_samples(heldout_dir: Path) -> tuple[list[Any], list[dict[str, Any]]]:

@@ -220,18 +220,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in sorted(finished):
         check_reusable(runs / name, None if args.eval_only else wanted[name], parser)
     todo = [name for name in arms if name not in finished]
-    trained = dict(zip(todo, train_all([arms[name][0] for name in todo], train_dir, runs, args.minutes,
-                                       args.overrides, args.sequential, run_names=todo,
-                                       run_overrides=[arms[name][1] for name in todo], workers=args.workers)
-                       if todo else []))
+    if todo:
+        train_all([arms[name][0] for name in todo], train_dir, runs, args.minutes, args.overrides, args.sequential,
+                  run_names=todo, run_overrides=[arms[name][1] for name in todo], workers=args.workers)
     for name in todo:  # what each arm was trained with, for a later --reuse
         (runs / name / ARM_RECORD).write_text(json.dumps(wanted[name], indent=1))
-    training = {name: trained[name] if name in trained else trained_run(runs / name) for name in arms}
+    training = {name: trained_run(runs / name) for name in arms}  # one record, trained now or reused
     for name, record in training.items():
         record.update(reused=name in finished, **({"overrides": arms[name][1]} if arms[name][1] else {}))
-        stage = json.loads((runs / name / "summary.json").read_text()).get("relation_text_stage")
-        if stage:  # the text stage's steps come before the joint ones
-            record["relation_text_stage"] = {k: stage[k] for k in ("steps", "seconds", "final_loss") if k in stage}
     results = {name: evaluate(load(runs / name), heldout_dir, args.seed) for name in arms}
     arm_targets = {name: targets_of(results["clip-tiny"], results[name]) for name in arms if name != "clip-tiny"}
     report = {"machine": machine_info(threads=1 if not args.sequential else (os.cpu_count() or 1)),

@@ -114,6 +114,14 @@ def all_reduce_mean(value: float, device: torch.device | str = "cpu") -> float:
     return float(tensor.item()) / world_size()
 
 
+def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True on every rank when it is true on any (each rank's clock and signals are its own; a decision to stop
+    must be one, or a rank waits forever in the other's next collective)."""
+    if world_size() == 1:
+        return bool(flag)
+    return all_reduce_sum_int(int(bool(flag)), device) > 0
+
+
 def all_reduce_sum_int(value: int, device: torch.device | str = "cpu") -> int:
     if world_size() == 1:
         return int(value)

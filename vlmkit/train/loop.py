@@ -151,11 +151,14 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
         prefetch_factor=4 if workers > 0 else None)
     run_start, elapsed_before = time.perf_counter(), float(state.get("elapsed_s", 0.0))
     wall_before, budget_start = float(state.get("wall_s", elapsed_before)), budget_clock()
+
+    def budget_spent() -> float:  # seconds on the budget's clock, earlier runs of a resumed job included
+        return elapsed_before + budget_clock() - budget_start
+
     if int(tcfg.get("relation_text_steps") or 0) and start_step == 0:  # counted in the budget, before step 0
-        def out_of_time() -> bool:
-            return budget_s is not None and elapsed_before + budget_clock() - budget_start >= budget_s
-        state["relation_text_stage"] = run_relation_text_stage(model, samples, tcfg, runtime.device, seed,
-                                                               progress=main and progress, out_of_time=out_of_time)
+        state["relation_text_stage"] = run_relation_text_stage(
+            model, samples, tcfg, runtime.device, seed, progress=main and progress,
+            out_of_time=lambda: budget_s is not None and budget_spent() >= budget_s)
     trained = DistributedDataParallel(model) if runtime.world_size > 1 else model
     validator = Validator(val_data, dcfg, model, runtime.device, tcfg["precision"]) if val_data and main else None
 
@@ -207,7 +210,7 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
             elif calibrate_at is not None and step == calibrate_at + CALIBRATION_STEPS:
                 assert budget_s is not None
                 total_steps = _fit_steps_to_budget(step, CALIBRATION_STEPS, budget_clock() - calibration_start,
-                                                   budget_s - (elapsed_before + budget_clock() - budget_start),
+                                                   budget_s - budget_spent(),
                                                    runtime)
                 calibrate_at, state["total_steps"] = None, total_steps
                 fit = {"at_step": step, "total_steps": total_steps}
@@ -220,7 +223,7 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
                     bar.refresh()
             if step == refit_at and step + 2 + CALIBRATION_STEPS < (total_steps or 0):
                 calibrate_at = step + 2
-            elapsed = elapsed_before + budget_clock() - budget_start  # on the budget's clock
+            elapsed = budget_spent()
             if step % log_every == 0 or step == total_steps:
                 seconds = time.perf_counter() - window_start
                 record = {"step": step, "loss": distributed.all_reduce_mean(sum(window_loss) / len(window_loss)),
@@ -236,8 +239,7 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
 
             pause_start = time.perf_counter()
             stopping = (budget_s is not None and elapsed >= budget_s) or stop.requested
-            if runtime.world_size > 1:  # each rank's clock and signals are its own: all stop at the same step
-                stopping = distributed.all_reduce_mean(float(stopping), runtime.device) > 0
+            stopping = distributed.any_rank(stopping, runtime.device)  # all ranks stop at the same step
             finished = (total_steps is not None and step >= total_steps) or stopping
             if validator is not None and eval_every and step % eval_every == 0 and not finished:
                 validation = validator.run(step, run_dir)
@@ -252,7 +254,7 @@ def train(config: dict[str, Any], *, data: str | Path, out: str | Path, val_data
     if bar is not None:
         bar.close()
     seconds = wall_before + time.perf_counter() - run_start
-    budget_elapsed = elapsed_before + budget_clock() - budget_start
+    budget_elapsed = budget_spent()
     if validator is not None:
         validation = validator.run(step, run_dir)
     model_dir = run_dir / "model"

@@ -124,9 +124,7 @@ def run_relation_text_stage(model: Any, samples: list[Any], tcfg: dict[str, Any]
             bar.update(1)
             bar.set_postfix(loss=f"{final_loss:.4f}")
         if out_of_time is not None and taken < steps:
-            stopped = out_of_time()
-            if world > 1:  # each rank's clock is its own: all stop at the same step
-                stopped = distributed.all_reduce_mean(float(stopped), device) > 0
+            stopped = distributed.any_rank(out_of_time(), device)  # all ranks stop at the same step
             if stopped:
                 break
     if bar is not None:
