@@ -179,7 +179,9 @@ def _scene_items(scene: _Scene, seed: int) -> list[ProbeItem]:
         other = _pick(rng("count/wrong"), wrong)
 
         def counted(n: int) -> str:
-            return f"there is one {color} {shape}" if n == 1 else f"there are {NUMBER_WORDS[n]} {color} {PLURALS[shape]}"
+            if n == 1:
+                return f"there is one {color} {shape}"
+            return f"there are {NUMBER_WORDS[n]} {color} {PLURALS[shape]}"
         if other:
             items.append(item("count", counted(number), counted(int(other))))
 
@@ -299,7 +301,8 @@ def load_aro(path: str | Path, images: str | Path) -> ProbeSuite:
     bbox_w, bbox_h, relation_name | attributes}. Images are cropped to the box, as ARO does."""
     records = _read_json(path)
     if not isinstance(records, list):
-        raise ValueError(f"{path}: ARO files are a JSON list of records")  # noqa: TRY004 - a bad file, shown as one line
+        # a bad file, not a bad argument: a ValueError, shown as one line
+        raise ValueError(f"{path}: ARO files are a JSON list of records")  # noqa: TRY004
     items = []
     for index, record in enumerate(records):
         missing = {"image_path", "true_caption", "false_caption"} - set(record)
