@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vlmkit.modules import TextConfig, TextTransformer, VisionConfig, VisionTransformer
-from vlmkit.modules.transformer import SelfAttention
+from vlmkit.modules.transformer import CPU_FP32_ATTENTION_MAX_KEYS, SelfAttention, attention
 
 
 def test_self_attention_matches_manual_softmax_attention():
@@ -17,6 +17,60 @@ def test_self_attention_matches_manual_softmax_attention():
     manual = scores.masked_fill(causal, float("-inf")).softmax(-1) @ v
     expected = attention.out(manual.transpose(1, 2).reshape(2, 5, 16))
     assert torch.allclose(attention(x, is_causal=True), expected, atol=1e-5)
+
+
+def _reference_attention(q, k, v, mask=None, causal=False):
+    """Softmax attention written out in float64: what :func:`attention` must compute."""
+    q, k, v = q.double(), k.double(), v.double()
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if causal:
+        scores = scores.masked_fill(~torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril(), float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.double()
+    return scores.softmax(-1) @ v
+
+
+@pytest.mark.parametrize("keys", [7, 65, 300])
+@pytest.mark.parametrize("masking", ["none", "causal", "bool", "float"])
+def test_attention_in_bf16_on_cpu_matches_softmax_attention_and_keeps_the_dtype(keys, masking):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, keys, 16).bfloat16() for _ in range(3))
+    mask = None
+    if masking == "bool":
+        mask = torch.rand(2, 1, 1, keys) > 0.3
+        mask[..., 0] = True  # every query keeps a key
+    elif masking == "float":
+        mask = (torch.randn(2, 1, keys, keys) * 2).bfloat16()
+    expected = _reference_attention(q, k, v, mask, causal=masking == "causal")
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as in bf16-mixed training
+        y = attention(q, k, v, attn_mask=mask, is_causal=masking == "causal")
+    assert y.dtype == torch.bfloat16 and y.shape == q.shape
+    # bf16 output: a relative error of ~2^-8 on values of order 1; the short-sequence path computes in fp32
+    assert torch.allclose(y.double(), expected, atol=3e-2, rtol=2e-2)
+
+
+def test_short_bf16_attention_on_cpu_runs_in_fp32_and_passes_gradients(monkeypatch):
+    import vlmkit.modules.transformer as transformer
+
+    kernel, seen = transformer.F.scaled_dot_product_attention, []
+
+    def recording(q, k, v, **kwargs):
+        seen.append((k.shape[-2], q.dtype, torch.is_autocast_enabled("cpu")))
+        return kernel(q, k, v, **kwargs)
+
+    monkeypatch.setattr(transformer.F, "scaled_dot_product_attention", recording)
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(4, 2, 33, 8).bfloat16().requires_grad_() for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attention(q, k, v, is_causal=True)
+    y.float().square().sum().backward()
+    assert seen == [(33, torch.float32, False)]  # the fp32 kernel, outside autocast (which would cast back)
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 and torch.isfinite(t.grad).all()
+               for t in (q, k, v))
+    keys = CPU_FP32_ATTENTION_MAX_KEYS + 1
+    attention(*(torch.randn(1, 1, keys, 8).bfloat16() for _ in range(3)))
+    attention(*(torch.randn(1, 1, 33, 8) for _ in range(3)))
+    assert seen[1:] == [(keys, torch.bfloat16, False), (33, torch.float32, False)]  # long: bf16 kernel; fp32 as is
 
 
 @pytest.mark.parametrize("pool", ["cls", "mean", "attention", "moments"])

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from vlmkit.modules.transformer import attention
 
 
 class ProjectionHead(nn.Module):
@@ -50,5 +51,5 @@ class AttentionPool(nn.Module):
         head_dim = width // self.heads
         q = self.q(self.query).expand(batch, -1, -1).view(batch, 1, self.heads, head_dim).transpose(1, 2)
         k, v = self.kv(tokens).view(batch, length, 2, self.heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        pooled = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, width)
+        pooled = attention(q, k, v).transpose(1, 2).reshape(batch, width)
         return self.norm(self.out(pooled))
