@@ -34,19 +34,19 @@ def _reference_attention(q, k, v, mask=None, causal=False):
 @pytest.mark.parametrize("masking", ["none", "causal", "bool", "float"])
 def test_attention_in_bf16_on_cpu_matches_softmax_attention_and_keeps_the_dtype(keys, masking):
     torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 3, keys, 16).bfloat16() for _ in range(3))
+    q, k, v = (torch.randn(2, 3, keys, 16).bfloat16().requires_grad_() for _ in range(3))
     mask = None
     if masking == "bool":
         mask = torch.rand(2, 1, 1, keys) > 0.3
         mask[..., 0] = True  # every query keeps a key
     elif masking == "float":
         mask = (torch.randn(2, 1, keys, keys) * 2).bfloat16()
-    expected = _reference_attention(q, k, v, mask, causal=masking == "causal")
+    expected = _reference_attention(q.detach(), k.detach(), v.detach(), mask, causal=masking == "causal")
     with torch.autocast("cpu", dtype=torch.bfloat16):  # as in bf16-mixed training
         y = attention(q, k, v, attn_mask=mask, is_causal=masking == "causal")
     assert y.dtype == torch.bfloat16 and y.shape == q.shape
     # bf16 output: a relative error of ~2^-8 on values of order 1; the short-sequence path computes in fp32
-    assert torch.allclose(y.double(), expected, atol=3e-2, rtol=2e-2)
+    assert torch.allclose(y.detach().double(), expected, atol=3e-2, rtol=2e-2)
 
 
 def test_short_bf16_attention_on_cpu_runs_in_fp32_and_passes_gradients(monkeypatch):
@@ -68,9 +68,14 @@ def test_short_bf16_attention_on_cpu_runs_in_fp32_and_passes_gradients(monkeypat
     assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 and torch.isfinite(t.grad).all()
                for t in (q, k, v))
     keys = CPU_FP32_ATTENTION_MAX_KEYS + 1
-    attention(*(torch.randn(1, 1, keys, 8).bfloat16() for _ in range(3)))
-    attention(*(torch.randn(1, 1, 33, 8) for _ in range(3)))
-    assert seen[1:] == [(keys, torch.bfloat16, False), (33, torch.float32, False)]  # long: bf16 kernel; fp32 as is
+    attention(*(torch.randn(1, 1, keys, 8).bfloat16().requires_grad_() for _ in range(3)))
+    attention(*(torch.randn(1, 1, 33, 8).requires_grad_() for _ in range(3)))
+    with torch.no_grad():
+        attention(q, k, v)
+    attention(*(torch.randn(1, 1, 33, 8).bfloat16() for _ in range(3)))
+    # long: bf16 kernel; fp32 inputs as they are; nothing to differentiate (inference): bf16 kernel
+    assert seen[1:] == [(keys, torch.bfloat16, False), (33, torch.float32, False), (33, torch.bfloat16, False),
+                        (33, torch.bfloat16, False)]
 
 
 @pytest.mark.parametrize("pool", ["cls", "mean", "attention", "moments"])

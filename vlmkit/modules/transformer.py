@@ -5,17 +5,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# On CPU, PyTorch's bf16 attention kernel is 2-3x slower (forward plus backward) than its fp32 one for sequences
-# up to ~200 keys, and no faster up to 256 (benchmarks/attention_cpu.py); past that, bf16 wins.
+# On CPU, the backward of PyTorch's bf16 attention kernel is slow: forward plus backward in fp32 takes half to a
+# third of the time for sequences up to ~130 keys, and no more up to 256 (benchmarks/attention_cpu.py); past that,
+# bf16 wins. Forward alone (inference) the bf16 kernel is as fast or faster, and the casts cost, so it is kept there.
 CPU_FP32_ATTENTION_MAX_KEYS = 256
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
               is_causal: bool = False) -> torch.Tensor:
-    """``F.scaled_dot_product_attention(q, k, v)`` [B, H, Lq, Dh] in ``q``'s dtype. bf16 attention on CPU over at
-    most :data:`CPU_FP32_ATTENTION_MAX_KEYS` keys is computed in fp32, outside autocast: the same result, more
-    precise, and faster there (the towers of the small recipes attend over 32-65 tokens)."""
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and k.shape[-2] <= CPU_FP32_ATTENTION_MAX_KEYS:
+    """``F.scaled_dot_product_attention(q, k, v)`` [B, H, Lq, Dh] in ``q``'s dtype. bf16 attention on CPU that
+    autograd records, over at most :data:`CPU_FP32_ATTENTION_MAX_KEYS` keys, is computed in fp32 outside autocast:
+    the same result, more precise, and faster to train (the small recipes' towers attend over 32-65 tokens)."""
+    training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if training and q.device.type == "cpu" and q.dtype == torch.bfloat16 and k.shape[-2] <= CPU_FP32_ATTENTION_MAX_KEYS:
         mask = attn_mask.float() if attn_mask is not None and attn_mask.is_floating_point() else attn_mask
         with torch.autocast("cpu", enabled=False):
             y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, is_causal=is_causal)
