@@ -56,6 +56,18 @@ def test_negatives_stay_grammatical_so_grammar_gives_nothing_away():
                     assert (article == "an") == (following[0] in "aeiou"), negative
 
 
+def test_attribute_swaps_bind_sizes_as_well_as_colours():
+    # a caption with two colours and two sizes gets either swap: size binding ("a large red circle and a small blue
+    # square" vs its sizes swapped, the probes' aro_object) is trained too, not only when the colours match
+    caption = "a large red circle and a small blue square"
+    negatives = {swap_attributes(caption, random.Random(seed)) for seed in range(40)}
+    assert negatives == {"a large blue circle and a small red square", "a small red circle and a large blue square"}
+    assert swap_attributes("a large red circle and a small red square", random.Random(0)) == \
+        "a small red circle and a large red square"
+    assert swap_attributes("a large red circle and a large blue square", random.Random(0)) == \
+        "a large blue circle and a large red square"
+
+
 def test_infonce_with_negatives_adds_wrong_texts_to_image_to_text_only():
     torch.manual_seed(0)
     image, text, negatives = (F.normalize(torch.randn(n, 8), dim=-1) for n in (4, 4, 6))

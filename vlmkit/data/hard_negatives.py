@@ -3,8 +3,8 @@
 A rule-based rewriter of free text (it knows colour, size, number and relation words and finds noun phrases that
 start with an article or a number), so it works on any caption, the built-in scenes' included:
 
-- ``swap_attributes``: two different colour (or size) words exchange places ("a red circle and a blue square" ->
-  "a blue circle and a red square");
+- ``swap_attributes``: two different colour words, or two different size words, exchange places ("a red circle
+  and a blue square" -> "a blue circle and a red square");
 - ``swap_objects``: two different nouns of the same grammatical number exchange places ("a circle left of a
   square" -> "a square left of a circle");
 - ``swap_phrases``: the noun phrases on either side of a spatial relation exchange places ("a red circle left of
@@ -77,12 +77,13 @@ def _swap_words(tokens: list[str], pairs: list[tuple[int, int]], rng: random.Ran
 
 
 def swap_attributes(caption: str, rng: random.Random) -> str | None:
+    """Two different colour words, or two different size words, exchange places: one pair drawn from both kinds,
+    so that a caption with colours and sizes trains the binding of either (not sizes only when colours match)."""
     tokens = _tokens(caption)
-    for vocabulary in (COLORS, SIZES):
-        swapped = _swap_words(tokens, _pairs(tokens, [i for i, t in enumerate(tokens) if t.lower() in vocabulary]), rng)
-        if swapped is not None:
-            return _text(swapped)
-    return None
+    pairs = [pair for vocabulary in (COLORS, SIZES)
+             for pair in _pairs(tokens, [i for i, t in enumerate(tokens) if t.lower() in vocabulary])]
+    swapped = _swap_words(tokens, pairs, rng)
+    return None if swapped is None else _text(swapped)
 
 
 def _number_value(token: str) -> int | None:
